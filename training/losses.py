@@ -1,0 +1,328 @@
+"""Every training objective of the paper, as small pure functions over per-token tensors.
+
+Each method is a *gate*: a per-token weight w_t that multiplies the token's cross-entropy,
+
+    L = sum_t w_t * CE_t / N            (N = num_items_in_batch, else the supervised-token count)
+
+and one shared path (`weighted_ce`) does the rest: shift, drop ignored labels (-100), upcast to fp32, reduce.
+Gates are computed without gradient unless a method says otherwise, so d L / d logits = w_t * d CE_t / d logits.
+
+    LOSSES[name](logits, labels, num_items_in_batch=None, **hparams) -> scalar tensor
+        logits (B, T, V), labels (B, T): HF-style, unshifted.
+
+Paper map (arXiv 2601.02151):
+    eaft        Eq. 5-6  w = (H_topk / norm) ** alpha, K = 20; the authors' code divides by 3.0 (~ ln 20)
+    eaft_sig    Sec. 5.1 w = sigmoid(a * (H~ - b)), a = 30, b = 0.17
+    masked_sft  Eq. 4 (mode="entropy") and Sec. 3.2's pilot (mode="entropy_and_prob"), hard 0/1 gate
+    dft, talr, mile, sft_kl, flow: the Table 1 / ablation baselines (definitions in each function)
+
+Pass a dict as `stats=` to any loss to receive detached gate statistics for logging (see `token_stats`).
+
+`LINEAR_LOSSES[name](hidden, lm_head_weight, labels, ...)`: the same losses from the hidden states and the head
+weight, chunked, never materialising the (B, T, V) logits; defined in training/linear_losses.py, which reuses the
+gates below (every method but sft_kl).
+
+Try it:  python -c "import torch; from training.losses import LOSSES; \
+          print(LOSSES['eaft'](torch.randn(2, 5, 50), torch.randint(0, 50, (2, 5))))"
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+# A "confident conflict" (paper Sec. 3): the model is sure (low entropy) and sure of something else (low p).
+# Thresholds are ours [U]; full-vocabulary entropy in nats. Fig. 4's token groups use the paper's 2.0 / 0.5.
+CONFLICT_MAX_ENTROPY = 0.5
+CONFLICT_MAX_PROB = 0.1
+HIGH_ENTROPY_MIN = 2.0
+LOW_ENTROPY_MAX = 0.5
+
+
+@dataclass
+class Tokens:
+    """The supervised tokens of a batch, flattened. N = number of supervised tokens."""
+
+    logits: torch.Tensor  # (N, V) fp32, next-token logits at supervised positions; carries the graph
+    targets: torch.Tensor  # (N,) label ids
+    rows: torch.Tensor  # (N,) index of the sequence each token came from, for per-sample inputs
+    logp: torch.Tensor  # (N, V) fp32 log-softmax, carries the graph
+    ce: torch.Tensor  # (N,) per-token cross-entropy, carries the graph
+
+    @property
+    def prob(self) -> torch.Tensor:
+        """(N,) probability of the label, detached."""
+        return torch.exp(-self.ce.detach())
+
+
+def supervised_tokens(logits: torch.Tensor, labels: torch.Tensor) -> Tokens:
+    """Shift (position t predicts label t+1), keep supervised positions, upcast to fp32."""
+    if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    shift_logits = logits[:, :-1, :]
+    shift_labels = labels[:, 1:].to(logits.device)
+    mask = shift_labels != IGNORE_INDEX  # (B, T-1)
+    rows = torch.arange(labels.shape[0], device=logits.device).unsqueeze(1).expand_as(mask)[mask]
+    # Select before upcasting: only N x V fp32 values are ever made, never B x T x V.
+    sel = shift_logits[mask].float()  # (N, V)
+    targets = shift_labels[mask]
+    logp = F.log_softmax(sel, dim=-1)
+    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return Tokens(logits=sel, targets=targets, rows=rows, logp=logp, ce=ce)
+
+
+def reduce_loss(token_losses: torch.Tensor, logits: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """sum(token_losses) / N. An empty batch gives 0 that still reaches the logits (no NaN, no dead graph)."""
+    if token_losses.numel() == 0:
+        return logits.sum() * 0.0
+    denom = num_items_in_batch if num_items_in_batch is not None else token_losses.numel()
+    if torch.is_tensor(denom):
+        denom = denom.to(token_losses.device, torch.float32)
+    return token_losses.sum() / denom
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token quantities, all detached.
+
+
+@torch.no_grad()
+def topk_entropy(logits: torch.Tensor, k: int = 20) -> torch.Tensor:
+    """(N, V) -> (N,) entropy (nats) of the softmax renormalised over the top-k logits (authors' code)."""
+    top = torch.topk(logits.float(), min(k, logits.shape[-1]), dim=-1).values
+    logq = F.log_softmax(top, dim=-1)
+    return -(logq.exp() * logq).sum(-1)
+
+
+@torch.no_grad()
+def full_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """(N, V) log-probabilities -> (N,) entropy in nats over the whole vocabulary."""
+    return -(logp.exp() * logp).sum(-1)
+
+
+def normalised_topk_entropy(tok: Tokens, k: int = 20, norm: float | None = None) -> torch.Tensor:
+    """H~ = H_topk / norm, norm = ln k unless given (the authors' code uses 3.0 for k = 20)."""
+    return topk_entropy(tok.logits, k) / (math.log(k) if norm is None else norm)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gates: (Tokens, **hparams) -> (N,) detached weights, or None for plain CE.
+
+
+def sft_gate(tok: Tokens) -> None:
+    return None
+
+
+def eaft_gate(tok: Tokens, k: int = 20, alpha: float = 1.0, norm: float | None = None) -> torch.Tensor:
+    """EAFT: (H_topk / norm) ** alpha. alpha = 2, 3 are the paper's EAFT^2, EAFT^3."""
+    return normalised_topk_entropy(tok, k, norm) ** alpha
+
+
+def eaft_sig_gate(tok: Tokens, k: int = 20, a: float = 30.0, b: float = 0.17,
+                  norm: float | None = None) -> torch.Tensor:
+    """EAFT_sig: sigmoid(a * (H~ - b)); b = 0.17 sits at the 15th entropy percentile in the paper."""
+    return torch.sigmoid(a * (normalised_topk_entropy(tok, k, norm) - b))
+
+
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    # torch.quantile refuses more than 2**24 elements; kthvalue has no such limit.
+    idx = max(1, min(x.numel(), int(math.ceil(q * x.numel()))))
+    return x.kthvalue(idx).values
+
+
+@torch.no_grad()
+def masked_sft_gate(tok: Tokens, mode: str = "entropy", q: float = 0.15, k: int = 20,
+                    entropy_threshold: float | None = None, prob_threshold: float | None = None) -> torch.Tensor:
+    """Masked SFT: hard 0/1 gate on the top-k entropy H_topk (nats) and the label probability p.
+
+    mode="entropy"          Eq. 4: drop tokens with H_topk <= tau_q (the q lowest-entropy tokens).
+    mode="entropy_and_prob" Sec. 3.2 pilot: drop tokens with H_topk <= tau_q AND p <= pi_q.
+    Thresholds: passed in (computed once over the training set under the base model by
+    `python -m training.precompute`, the reading the paper's beta = 0.17 suggests), or, when None, the
+    q-quantiles of this batch's supervised tokens.
+    """
+    h = topk_entropy(tok.logits, k)
+    h_thr = entropy_threshold if entropy_threshold is not None else _quantile(h, q)
+    drop = h <= h_thr
+    if mode == "entropy_and_prob":
+        p = tok.prob
+        p_thr = prob_threshold if prob_threshold is not None else _quantile(p, q)
+        drop &= p <= p_thr
+    elif mode != "entropy":
+        raise ValueError(f"masked_sft mode must be 'entropy' or 'entropy_and_prob', got {mode!r}")
+    return (~drop).float()
+
+
+def dft_gate(tok: Tokens) -> torch.Tensor:
+    """DFT (Wu et al. 2025): CE * sg(p)."""
+    return tok.prob
+
+
+def talr_gate(tok: Tokens, tau: float | None = None) -> torch.Tensor:
+    """TALR (Lin et al. 2025): sg(p) ** (1 / tau), tau = median per-token CE of this (micro-)batch."""
+    ce = tok.ce.detach()
+    t = ce.median() if tau is None else torch.tensor(tau, device=ce.device)
+    return torch.exp(-ce / t.clamp_min(1e-6))
+
+
+def mile_weight(tok: Tokens, gamma: float = 1.0) -> torch.Tensor:
+    """MiLe's weight before normalisation: (1 + H_full) ** gamma."""
+    return (1.0 + full_entropy(tok.logp.detach())) ** gamma
+
+
+def mile_gate(tok: Tokens, gamma: float = 1.0) -> torch.Tensor:
+    """MiLe (Su et al. 2023): (1 + H_full) ** gamma, normalised to mean 1 over the batch's supervised tokens."""
+    w = mile_weight(tok, gamma)
+    return w / w.mean()
+
+
+def flow_gate(tok: Tokens, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """FLOW (Sanyal et al. 2025): a static per-sample weight, w_i ~ exp(-L_i(theta_0) / tau), tau = median.
+
+    The weights come from `python -m training.precompute` (normalised to mean 1 over the data set) and reach
+    the loss as `sample_weights` (B,)."""
+    if sample_weights is None:
+        raise ValueError("flow needs sample_weights (B,): run `python -m training.precompute` on the data "
+                         "with the base model, then train with method=flow")
+    return sample_weights.to(tok.ce.device, torch.float32)[tok.rows].detach()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared path, the losses, statistics.
+
+
+@torch.no_grad()
+def token_sums(tok: Tokens, gate: torch.Tensor | None, entropy: torch.Tensor | None = None) -> dict:
+    """`token_stats` as 0-dim tensors (no device sync), so chunks can be added up before one `.item()` each.
+
+    `entropy` (N,): the full-vocabulary entropy when the caller already has it (the fused path computes it
+    without an extra (N, V) temporary); otherwise it is computed from `tok.logp`."""
+    if tok.ce.numel() == 0:
+        return {"n_tokens": 0.0}
+    ce = tok.ce.detach()
+    h = full_entropy(tok.logp.detach()) if entropy is None else entropy
+    p = tok.prob
+    g = torch.ones_like(ce) if gate is None else gate.float()
+    conflict = (h < CONFLICT_MAX_ENTROPY) & (p < CONFLICT_MAX_PROB)
+    high, low = h >= HIGH_ENTROPY_MIN, h <= LOW_ENTROPY_MAX
+    return {
+        "n_tokens": float(ce.numel()),
+        "gate_sum": g.sum(),
+        "ce_sum": ce.sum(),
+        "entropy_sum": h.sum(),
+        "conflict_count": conflict.sum(),
+        "conflict_ce_sum": ce[conflict].sum(),
+        "conflict_gate_sum": g[conflict].sum(),
+        "high_entropy_count": high.sum(),
+        "high_entropy_ce_sum": ce[high].sum(),
+        "low_entropy_count": low.sum(),
+        "low_entropy_ce_sum": ce[low].sum(),
+    }
+
+
+def token_stats(tok: Tokens, gate: torch.Tensor | None, entropy: torch.Tensor | None = None) -> dict[str, float]:
+    """Sums (not means) so that several micro-batches can be added before dividing: see `finalize_stats`."""
+    return {k: float(v) for k, v in token_sums(tok, gate, entropy).items()}
+
+
+def finalize_stats(sums: dict[str, float]) -> dict[str, float]:
+    """Turn accumulated `token_stats` sums into the logged means and shares."""
+    n = sums.get("n_tokens", 0.0)
+    if n == 0:
+        return {}
+
+    def ratio(a, b):
+        return sums[a] / sums[b] if sums.get(b) else float("nan")
+
+    return {
+        "gate_mean": ratio("gate_sum", "n_tokens"),
+        "token_ce": ratio("ce_sum", "n_tokens"),
+        "entropy_mean": ratio("entropy_sum", "n_tokens"),
+        "conflict_share": ratio("conflict_count", "n_tokens"),
+        "conflict_loss_share": ratio("conflict_ce_sum", "ce_sum"),
+        "conflict_gate_mean": ratio("conflict_gate_sum", "conflict_count"),
+        "ce_high_entropy": ratio("high_entropy_ce_sum", "high_entropy_count"),
+        "ce_low_entropy": ratio("low_entropy_ce_sum", "low_entropy_count"),
+    }
+
+
+def weighted_ce(gate_fn: Callable, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None,
+                stats: dict | None = None, **hparams) -> torch.Tensor:
+    """sum_t gate_t * CE_t / N. `stats`, when a dict, receives `token_stats` sums."""
+    tok = supervised_tokens(logits, labels)
+    gate = gate_fn(tok, **hparams) if tok.ce.numel() else None
+    if stats is not None:
+        stats.update(token_stats(tok, gate))
+    token_losses = tok.ce if gate is None else gate.detach() * tok.ce
+    return reduce_loss(token_losses, logits, num_items_in_batch)
+
+
+def _gated(gate_fn: Callable) -> Callable:
+    def loss(logits, labels, num_items_in_batch=None, stats=None, **hparams):
+        return weighted_ce(gate_fn, logits, labels, num_items_in_batch, stats, **hparams)
+
+    loss.__name__ = gate_fn.__name__.replace("_gate", "_loss")
+    loss.__doc__ = gate_fn.__doc__
+    return loss
+
+
+def sft_kl_loss(logits, labels, num_items_in_batch=None, stats=None, ref_logits=None, beta: float = 0.5,
+                direction: str = "reverse") -> torch.Tensor:
+    """SFT-KL: CE_t + beta * KL_t on supervised tokens, KL over the full vocabulary, exact (no estimator).
+
+    direction="reverse" (default): KL(pi_theta || pi_ref), the actor-first KL that verl (the paper's SFT-KL
+    trainer) penalises. direction="forward": KL(pi_ref || pi_theta). `ref_logits` (B, T, V): the frozen base
+    model's logits on the same batch.
+    """
+    if ref_logits is None:
+        raise ValueError("sft_kl needs ref_logits (B, T, V) from the frozen base model")
+    tok = supervised_tokens(logits, labels)
+    if stats is not None:
+        stats.update(token_stats(tok, None))
+    if tok.ce.numel() == 0:
+        return reduce_loss(tok.ce, logits, num_items_in_batch)
+    ref = supervised_tokens(ref_logits.detach(), labels).logp  # (N, V)
+    if direction == "reverse":
+        kl = (tok.logp.exp() * (tok.logp - ref)).sum(-1)
+    elif direction == "forward":
+        kl = (ref.exp() * (ref - tok.logp)).sum(-1)
+    else:
+        raise ValueError(f"sft_kl direction must be 'reverse' or 'forward', got {direction!r}")
+    return reduce_loss(tok.ce + beta * kl, logits, num_items_in_batch)
+
+
+GATES: dict[str, Callable] = {
+    "sft": sft_gate,
+    "eaft": eaft_gate,
+    "eaft_sig": eaft_sig_gate,
+    "masked_sft": masked_sft_gate,
+    "dft": dft_gate,
+    "talr": talr_gate,
+    "mile": mile_gate,
+    "flow": flow_gate,
+}
+
+LOSSES: dict[str, Callable] = {name: _gated(fn) for name, fn in GATES.items()}
+LOSSES["sft_kl"] = sft_kl_loss
+
+
+def get_loss(name: str) -> Callable:
+    """LOSSES[name], with an error that lists the valid names."""
+    if name not in LOSSES:
+        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def __getattr__(name: str):
+    # LINEAR_LOSSES (the fused-linear, chunked versions of these losses) lives in training.linear_losses, which
+    # imports this module; resolving it on first access works whichever of the two is imported first.
+    if name == "LINEAR_LOSSES":
+        from training.linear_losses import LINEAR_LOSSES
+        return LINEAR_LOSSES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,61 @@
+"""Load tokenizers and causal LMs from a `model` config: a Hub id, a local folder, or a config (random init).
+
+Paths: a value that starts with '.', '/' or '~', or names a folder that exists (relative to the working
+directory or to the repository root), is local; a missing local path is an error that says how to make it.
+Anything else of the form `org/name` is a Hub id. The CPU default and the tests only use local paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def resolve(name_or_path: str) -> str:
+    """Local path (absolute, resolved against cwd then the repo root) or the Hub id unchanged."""
+    p = Path(name_or_path).expanduser()
+    for cand in (p, REPO / p):
+        if cand.exists():
+            return str(cand.resolve())
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    if looks_local:
+        raise FileNotFoundError(
+            f"model path {name_or_path!r} does not exist (looked in {Path.cwd()} and {REPO}); "
+            "for the CPU default run `make assets`, or set model.name_or_path to a local folder or a Hub id")
+    return name_or_path
+
+
+def load_tokenizer(model_cfg):
+    tok = AutoTokenizer.from_pretrained(resolve(model_cfg.get("tokenizer") or model_cfg["name_or_path"]),
+                                        trust_remote_code=model_cfg.get("trust_remote_code", False))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if model_cfg.get("chat_template"):
+        tok.chat_template = model_cfg["chat_template"]
+    if tok.chat_template is None:
+        raise ValueError(f"tokenizer of model {model_cfg['name']!r} has no chat template; set model.chat_template")
+    return tok
+
+
+def load_model(model_cfg, tokenizer=None, dtype: str | None = None):
+    """A causal LM. `from_config` builds a random model (tests); otherwise from_pretrained."""
+    dtype = DTYPES[dtype or model_cfg.get("dtype", "float32")]
+    kwargs = {"attn_implementation": model_cfg.get("attn_implementation", "sdpa")}
+    if model_cfg.get("from_config"):
+        spec = dict(model_cfg["from_config"])
+        if tokenizer is not None:
+            spec.setdefault("vocab_size", len(tokenizer))
+            spec.setdefault("pad_token_id", tokenizer.pad_token_id)
+            spec.setdefault("eos_token_id", tokenizer.eos_token_id)
+        config = AutoConfig.for_model(**spec)
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+        return model.to(torch.float32 if dtype == "auto" else dtype)
+    return AutoModelForCausalLM.from_pretrained(resolve(model_cfg["name_or_path"]), dtype=dtype,
+                                                trust_remote_code=model_cfg.get("trust_remote_code", False),
+                                                **kwargs)

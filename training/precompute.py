@@ -1,0 +1,112 @@
+"""One pass of the base model over the training data: FLOW sample weights and Masked-SFT thresholds.
+
+    python -m training.precompute model=smollm2-135m data=math-mini
+    make precompute MODEL=smollm2-135m DATA=math-mini
+
+Writes <data dir>/precomputed/<model name>.json next to the training file:
+- flow: tau = median per-sample loss L_i(theta_0) (mean token CE of the sample), weights
+  w_i = exp(-L_i / tau), normalised to mean 1 over the data set so the loss keeps SFT's scale (FLOW,
+  Sanyal et al. 2025). One weight per line of the training file.
+- masked_sft: the q-quantiles (q = 0.15) of the top-k entropy (nats) and of the label probability over all
+  supervised tokens, computed once under the base model: the reading the paper's beta = 0.17 suggests (PAPER.md
+  Sec. 1). method=flow / masked_sft read this file and fail if it is missing or was made from other data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from training.data import ChatCollator, build_examples, read_chat_jsonl
+from training.losses import supervised_tokens, topk_entropy
+from training.models import load_model, load_tokenizer, resolve
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def precomputed_path(train_file: str | Path, model_name: str) -> Path:
+    return Path(train_file).parent / "precomputed" / f"{model_name}.json"
+
+
+def load_precomputed(train_file: str | Path, model_name: str) -> dict:
+    """The precomputed file for this data and model, checked against the data's hash."""
+    path = precomputed_path(train_file, model_name)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run `python -m training.precompute model={model_name} data=<data>` first "
+            "(FLOW weights and Masked-SFT thresholds come from the base model)")
+    pre = json.loads(path.read_text())
+    if pre["data_sha256"] != sha256_file(train_file):
+        raise ValueError(f"{path} was computed from another version of {train_file}; run training.precompute again")
+    return pre
+
+
+@torch.no_grad()
+def compute(model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 4, k: int = 20,
+            q: float = 0.15) -> dict:
+    # Keep every row (truncate rather than drop) so that weights line up with the file's lines.
+    examples, _ = build_examples(rows, tokenizer, max_length, overlong="truncate")
+    by_row = {e["row"]: e for e in examples}
+    collate = ChatCollator(tokenizer.pad_token_id)
+    losses = [float("nan")] * len(rows)
+    ents, probs = [], []
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(by_row)
+    for i in tqdm(range(0, len(order), batch_size), desc="precompute", unit="batch"):
+        idx = order[i: i + batch_size]
+        batch = collate([by_row[j] for j in idx])
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits
+        tok = supervised_tokens(logits, batch["labels"].to(device))
+        for b, j in enumerate(idx):
+            losses[j] = tok.ce[tok.rows == b].mean().item()
+        ents.append(topk_entropy(tok.logits, k).cpu())
+        probs.append(tok.prob.cpu())
+    valid = [x for x in losses if not math.isnan(x)]
+    tau = float(torch.tensor(valid).median())
+    raw = [math.exp(-x / tau) if not math.isnan(x) else 0.0 for x in losses]
+    mean = sum(raw) / max(1, sum(1 for x in losses if not math.isnan(x)))
+    h, p = torch.cat(ents), torch.cat(probs)
+    return {
+        "flow": {"tau": tau, "sample_loss": losses, "weights": [w / mean for w in raw]},
+        "masked_sft": {"q": q, "k": k, "entropy_threshold": float(torch.quantile(h.double(), q)),
+                       "prob_threshold": float(torch.quantile(p.double(), q)), "n_tokens": int(h.numel())},
+    }
+
+
+def main(cfg) -> dict:
+    train_file = resolve(cfg.data.train_file)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, tokenizer)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    out = compute(model, tokenizer, read_chat_jsonl(train_file), cfg.data.max_length,
+                  batch_size=cfg.get("precompute_batch_size", 4))
+    result = {"model": cfg.model.name, "data": str(train_file), "data_sha256": sha256_file(train_file), **out}
+    path = precomputed_path(train_file, cfg.model.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    print(f"wrote {path}: flow tau={out['flow']['tau']:.3f}, masked_sft thresholds "
+          f"H<={out['masked_sft']['entropy_threshold']:.3f} p<={out['masked_sft']['prob_threshold']:.3f}")
+    return {"path": str(path), **out["masked_sft"], "flow_tau": out["flow"]["tau"]}
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(config_path="../configs", config_name="precompute", version_base=None)(main)()
