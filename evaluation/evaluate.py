@@ -1,0 +1,189 @@
+"""Evaluate a model on a suite of benchmarks; one JSON per benchmark in results/metrics/<run>/ (evaluation/schema.py).
+
+    python -m evaluation.evaluate model=smollm2-135m suite=mini limit=100
+    python -m evaluation.evaluate model=runs/<run> suite=math backend=vllm vllm.tensor_parallel_size=8
+    python -m evaluation.evaluate model=runs/<run>/checkpoint-200 suite=general     # -> .../<run>/checkpoint-200/
+    make eval RUN=<run> SUITE=table1
+
+`model` is resolved in this order: a config name in configs/model/ (a base model, method "base"); a run
+directory (runs/<run> or <run>: evaluates final/, else the newest checkpoint; method, domain and the base model
+come from its config.yaml); a checkpoint-N or final/ folder inside a run (records `step`); any other local
+folder; a Hub id. Per-item outputs go to <results>/items/ and are reused when the same evaluation runs again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.context import EvalContext
+from evaluation.schema import write_result
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = ("math", "medical", "agent")
+
+
+def _config_model(name: str) -> dict | None:
+    p = REPO / "configs" / "model" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(p), resolve=True) if p.exists() and "/" not in name else None
+
+
+def _find_dir(spec: str) -> Path | None:
+    for cand in (Path(spec).expanduser(), REPO / spec, REPO / "runs" / spec):
+        if cand.is_dir():
+            return cand.resolve()
+    return None
+
+
+def _has_tokenizer(d: Path) -> bool:
+    return (d / "tokenizer_config.json").exists() or (d / "tokenizer.json").exists()
+
+
+def _from_run(run_dir: Path, model_dir: Path, step: int | None) -> dict:
+    rcfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    base = dict(rcfg["model"])
+    mcfg = {k: v for k, v in base.items() if k != "from_config"}
+    mcfg["name_or_path"] = str(model_dir)
+    # HF Trainer checkpoints hold no tokenizer (train.py saves it with final/ only)
+    tok_dir = next((d for d in (model_dir, run_dir / "final") if _has_tokenizer(d)), None)
+    mcfg["tokenizer"] = str(tok_dir) if tok_dir else base.get("tokenizer") or base["name_or_path"]
+    data = str((rcfg.get("data") or {}).get("name", ""))
+    domain = next((d for d in DOMAINS if data.startswith(d)), None)
+    return {"model_cfg": mcfg, "run": run_dir.name, "method": rcfg["method"]["name"], "step": step,
+            "domain": domain, "base_model_cfg": base}
+
+
+# Folders of this repository: `runs/x` names a (missing) run, never the Hub organisation "runs", even before the
+# folder has been created on a fresh clone.
+LOCAL_ROOTS = frozenset({"runs", "data", "results", "outputs", "multirun"})
+
+
+def resolve_model(spec: str) -> dict:
+    """{model_cfg, run, method, step, domain, base_model_cfg} for a model spec (see the module docstring)."""
+    spec = str(spec)
+    cfg = _config_model(spec)
+    if cfg:
+        return {"model_cfg": cfg, "run": cfg["name"], "method": "base", "step": None, "domain": None,
+                "base_model_cfg": cfg}
+    d = _find_dir(spec)
+    if d is not None:
+        if (d / "config.yaml").exists():  # a run directory
+            if (d / "final" / "config.json").exists():
+                info = json.loads((d / "run_info.json").read_text()) if (d / "run_info.json").exists() else {}
+                return _from_run(d, d / "final", info.get("global_step"))
+            ckpts = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            if not ckpts:
+                raise FileNotFoundError(f"run {d} has neither final/ nor checkpoint-*/ to evaluate; train it first")
+            return _from_run(d, ckpts[-1], int(ckpts[-1].name.split("-")[-1]))
+        if (d.parent / "config.yaml").exists() and re.fullmatch(r"checkpoint-\d+|final", d.name):
+            step = int(d.name.split("-")[1]) if d.name != "final" else None
+            if step is None and (d.parent / "run_info.json").exists():
+                step = json.loads((d.parent / "run_info.json").read_text()).get("global_step")
+            return _from_run(d.parent, d, step)
+        if (d / "config.json").exists():
+            cfg = {"name": d.name, "name_or_path": str(d)}
+            return {"model_cfg": cfg, "run": d.name, "method": "base", "step": None, "domain": None,
+                    "base_model_cfg": cfg}
+        raise FileNotFoundError(f"model {spec!r}: {d} is neither a run directory (config.yaml) nor a model folder "
+                                "(config.json)")
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    looks_local = (spec.startswith((".", "/", "~")) or first in LOCAL_ROOTS
+                   or Path(first).is_dir() or (REPO / first).is_dir())
+    if spec.count("/") == 1 and not looks_local:  # org/name, and `org` is not a local folder (runs/, data/)
+        cfg = {"name": spec, "name_or_path": spec}
+        return {"model_cfg": cfg, "run": spec.replace("/", "--"), "method": "base", "step": None, "domain": None,
+                "base_model_cfg": cfg}
+    known = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
+    raise FileNotFoundError(f"model {spec!r} not found: not a config in configs/model ({', '.join(known)}), not a "
+                            f"folder (looked in {Path.cwd()}, {REPO}, {REPO / 'runs'}), not a Hub id (org/name)")
+
+
+def git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _runner(kind: str, mode: str | None = None):
+    if kind in ("math", "bfcl") or mode == "generate":
+        from evaluation.generative import run_generative
+
+        return run_generative
+    if kind == "lm_eval":
+        from evaluation.lm_eval_bench import run_lm_eval
+
+        return run_lm_eval
+    if kind == "likelihood":
+        from evaluation.likelihood import run_likelihood
+
+        return run_likelihood
+    raise ValueError(f"unknown benchmark kind {kind!r} (math, bfcl, lm_eval, likelihood)")
+
+
+def main(cfg) -> dict:
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if cfg.get("model_spec") in (None, "???", ""):
+        raise ValueError("say what to evaluate: model=<run dir | checkpoint | configs/model name | path | Hub id> "
+                         "(with make: make eval RUN=<run> SUITE=<suite>)")
+    names = list(cfg["benchmarks"])
+    unknown = [b for b in names if b not in cfg["bench"]]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(sorted(cfg['bench']))} "
+                         "(a new one needs configs/benchmark/<name>.yaml and a line in configs/eval.yaml)")
+    m = resolve_model(cfg["model_spec"])
+    if cfg.get("dtype"):
+        m["model_cfg"]["dtype"] = cfg["dtype"]
+    run = cfg.get("run_name") or m["run"]
+    out = Path(cfg["out_dir"]) if Path(cfg["out_dir"]).is_absolute() else REPO / cfg["out_dir"]
+    res_dir = out / run / (Path(m["model_cfg"]["name_or_path"]).name
+                           if re.fullmatch(r"checkpoint-\d+", Path(m["model_cfg"]["name_or_path"]).name) else "")
+    base_spec = cfg.get("base_model")
+    ctx = EvalContext(
+        model_cfg=m["model_cfg"], items_dir=res_dir / "items", cache_dir=out / "_cache", backend=cfg["backend"],
+        limit=cfg.get("limit"),
+        subset_seed=cfg["subset_seed"], seed=cfg["seed"], batch_size=cfg["batch_size"],
+        chunk_size=cfg["chunk_size"], resume=cfg["resume"], progress=cfg["progress"],
+        overrides={k: cfg.get(k) for k in ("n_runs", "temperature", "top_p", "max_new_tokens")},
+        chat_template_kwargs=dict(cfg.get("chat_template_kwargs") or {}), vllm=dict(cfg.get("vllm") or {}),
+        base_model_cfg=resolve_model(base_spec)["model_cfg"] if base_spec else m["base_model_cfg"])
+    if ctx.backend not in ("hf", "vllm"):
+        raise ValueError(f"backend must be hf or vllm, got {ctx.backend!r}")
+    results = {}
+    for name in names:
+        bench = dict(cfg["bench"][name], name=name)
+        part = _runner(bench["kind"], bench.get("mode"))(bench, ctx)
+        mc = m["model_cfg"]
+        model_id = (f"{mc['name']} (from_config: random init, seed {cfg['seed']})" if mc.get("from_config")
+                    else str(mc["name_or_path"]))
+        result = {"run": run, "model": model_id, "method": m["method"],
+                  "benchmark": name, **part, "git_sha": git_sha(),
+                  "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "step": m["step"], "items_file": str(ctx.items_dir / f"{name}.jsonl")}
+        if m["domain"]:
+            result["domain"] = m["domain"]
+        path = write_result(res_dir / f"{name}.json", result)
+        results[name] = result
+        err = f" ± {result['stderr']:.2f}" if result["stderr"] is not None else ""
+        print(f"[eval] {run} {name}: {result['metric']} = {result['value']:.2f}{err} (n={result['n']}) -> {path}")
+    return results
+
+
+def _cli() -> None:
+    # configs/model/ is the training config group, so Hydra would read `model=X` as a choice within it; the
+    # evaluation takes any model spec, so the wrapper hands it over as `model_spec=X`.
+    sys.argv = [re.sub(r"^model=", "model_spec=", a) for a in sys.argv]
+    import hydra
+
+    hydra.main(config_path="../configs", config_name="eval", version_base=None)(main)()
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,215 @@
+"""Continuous measures for small models: held-out response NLL, and drift from the base model (KL, NLL).
+
+    from evaluation.likelihood import response_nll, kl_to_base
+    r = response_nll(model, tok, [row["messages"] for row in heldout])      # {"value", "n", "stderr", "tokens"}
+    d = kl_to_base(tuned, base, tok, ["Who wrote Hamlet?", ...])           # {"kl": {...}, "base_answer_nll": {...}}
+    python -m evaluation.evaluate model=runs/<run> suite=forgetting           # both, as benchmarks
+
+Accuracy on 135M-parameter models moves in steps of whole items; these move smoothly, which is what a CPU demo
+with a few hundred training steps needs to see forgetting.
+
+- response_nll: mean negative log-likelihood (nats) per supervised token of reference chats, with the exact
+  assistant-token mask that training uses (training.data.tokenize_chat). Token-weighted: sum NLL / sum tokens.
+- kl_to_base: the base model answers each general-domain prompt greedily; teacher-forcing those answers, the
+  per-token KL(tuned || base) = sum_v p_tuned(v) (log p_tuned(v) - log p_base(v)) over the answer tokens, and the
+  tuned model's NLL of the base answers. Both are 0 / the base's own NLL for the base model itself.
+
+stderr: delta-method standard error of a ratio estimator (sum x_i / sum t_i over conversations i), so long
+answers weigh more but the uncertainty is over conversations, the independent unit. Tensors: logits (B, T, V).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.data import IGNORE_INDEX, tokenize_chat
+
+
+def ratio_stats(x: list[float], t: list[int]) -> dict:
+    """value = sum x / sum t, with its delta-method standard error over the n pairs."""
+    n, total = len(x), sum(t)
+    if n == 0 or total == 0:
+        raise ValueError("no supervised tokens to average over")
+    r = sum(x) / total
+    se = None
+    if n >= 2:
+        resid = sum((xi - r * ti) ** 2 for xi, ti in zip(x, t))
+        se = math.sqrt(resid / (n * (n - 1))) / (total / n)
+    return {"value": r, "n": n, "stderr": se, "tokens": total}
+
+
+def _encode(tokenizer, conversations, max_length: int) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for conv in conversations:
+        msgs, tools = (conv["messages"], conv.get("tools")) if isinstance(conv, dict) else (conv, None)
+        ids, labels, _ = tokenize_chat(tokenizer, msgs, tools)
+        out.append((ids[:max_length], labels[:max_length]))
+    return out
+
+
+def _batches(encoded, batch_size: int, pad_id: int, device):
+    """Right-padded (input_ids, attention_mask, labels) batches, each (B, T)."""
+    for s in range(0, len(encoded), batch_size):
+        part = encoded[s: s + batch_size]
+        width = max(len(ids) for ids, _ in part)
+        ids = torch.full((len(part), width), pad_id, dtype=torch.long)
+        lab = torch.full((len(part), width), IGNORE_INDEX, dtype=torch.long)
+        att = torch.zeros((len(part), width), dtype=torch.long)
+        for r, (i, lb) in enumerate(part):
+            ids[r, : len(i)], lab[r, : len(lb)], att[r, : len(i)] = torch.tensor(i), torch.tensor(lb), 1
+        yield ids.to(device), att.to(device), lab.to(device)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def response_nll(model, tokenizer, conversations, *, max_length: int = 1024, batch_size: int = 4,
+                 progress: bool = True) -> dict:
+    """Mean NLL per supervised (assistant) token; conversations are message lists or {messages, tools} rows.
+    Returns {value (nats/token), n (conversations), stderr, tokens, per_example: [(nll_sum, tokens)]}."""
+    model.eval()
+    device = next(model.parameters()).device
+    enc = [e for e in _encode(tokenizer, conversations, max_length) if any(x != IGNORE_INDEX for x in e[1][1:])]
+    sums, counts = [], []
+    for ids, att, lab in tqdm(list(_batches(enc, batch_size, _pad_id(tokenizer), device)), desc="nll",
+                              disable=not progress):
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()  # (B, T-1, V)
+        target = lab[:, 1:]
+        nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+        mask = target != IGNORE_INDEX
+        sums += (nll * mask).sum(1).tolist()
+        counts += mask.sum(1).tolist()
+    out = ratio_stats(sums, counts)
+    out["per_example"] = list(zip(sums, counts))
+    return out
+
+
+@torch.no_grad()
+def kl_to_base(model, base_model, tokenizer, prompts, *, base_answers: list[str] | None = None,
+               max_new_tokens: int = 128, max_length: int = 1024, batch_size: int = 4, progress: bool = True) -> dict:
+    """KL(tuned || base) per token and the tuned model's NLL per token, on the base model's greedy answers.
+
+    prompts: strings (one user turn) or message lists. base_answers: reuse earlier answers (must match prompts).
+    Returns {"kl": stats, "base_answer_nll": stats, "base_answers": [...]}, stats as in ratio_stats."""
+    from evaluation.generation import generate
+
+    convs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    if base_answers is None:
+        base_answers = [o[0] for o in generate((base_model, tokenizer), convs, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, progress=progress)]
+    if len(base_answers) != len(convs):
+        raise ValueError(f"{len(base_answers)} base answers for {len(convs)} prompts")
+    full = [c + [{"role": "assistant", "content": a}] for c, a in zip(convs, base_answers)]
+    model.eval(), base_model.eval()
+    device = next(model.parameters()).device
+    kls, nlls, counts = [], [], []
+    enc = _encode(tokenizer, full, max_length)
+    for ids, att, lab in tqdm(list(_batches(enc, batch_size, _pad_id(tokenizer), device)), desc="kl",
+                              disable=not progress):
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=att).logits[:, :-1].float(), -1)  # (B, T-1, V)
+        logq = F.log_softmax(base_model(input_ids=ids, attention_mask=att).logits[:, :-1].float(), -1)
+        target = lab[:, 1:]
+        mask = target != IGNORE_INDEX
+        kl = (logp.exp() * (logp - logq)).sum(-1)                                                 # (B, T-1)
+        nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        kls += (kl * mask).sum(1).tolist()
+        nlls += (nll * mask).sum(1).tolist()
+        counts += mask.sum(1).tolist()
+    return {"kl": ratio_stats(kls, counts), "base_answer_nll": ratio_stats(nlls, counts),
+            "base_answers": base_answers, "per_example": list(zip(kls, nlls, counts))}
+
+
+# ---- as benchmarks (target_nll, general_kl; configs/benchmark/) -------------------------------------------------
+
+def _prompt_of(row: dict, where: str):
+    if isinstance(row.get("messages"), list):
+        msgs = [m for m in row["messages"] if m.get("role") != "assistant"]
+        return msgs[: max(i for i, m in enumerate(msgs) if m["role"] == "user") + 1]
+    if isinstance(row.get("prompt"), str):
+        return row["prompt"]
+    from evaluation.sources import DataFormatError
+
+    raise DataFormatError(f"{where}: expected `prompt` (string) or `messages` (list) ; keys present: {sorted(row)}")
+
+
+def run_likelihood(bench: dict, ctx) -> dict:
+    """Benchmark wrapper: reads the local file, honours limit, writes per-item rows, returns the result part."""
+    import json
+
+    from evaluation.harness import select_subset
+    from evaluation.items import ItemStore, fingerprint
+    from evaluation.sources import choose_source, local_files, read_rows
+
+    choose_source(bench)
+    path = local_files(bench)[0]
+    model, tok = ctx.pair()
+    settings = {"measure": bench["measure"], "max_length": bench.get("max_length", 1024), "limit": ctx.limit,
+                "subset_seed": ctx.subset_seed, "backend": "hf"}
+    if bench["measure"] == "response_nll":
+        from training.data import read_chat_jsonl
+
+        rows = read_chat_jsonl(path)
+        keep = select_subset(len(rows), ctx.limit, ctx.subset_seed)
+        r = response_nll(model, tok, [rows[i] for i in keep], max_length=settings["max_length"],
+                         batch_size=ctx.batch_size, progress=ctx.progress)
+        items = [{"id": str(i), "nll_sum": s, "tokens": t} for i, (s, t) in zip(keep, r["per_example"])]
+        metric, value, stderr, n = "nll_per_token", r["value"], r["stderr"], r["n"]
+        metrics = {"nll_per_token": value, "perplexity": math.exp(value), "tokens": r["tokens"]}
+    elif bench["measure"] == "kl_to_base":
+        if not ctx.base_model_cfg:
+            raise ValueError("general_kl needs the base model: evaluate a run dir (its config.yaml names it) or "
+                             "set base_model=<model config name | path | Hub id>")
+        rows = read_rows(path)
+        keep = select_subset(len(rows), ctx.limit, ctx.subset_seed)
+        prompts = [_prompt_of(rows[i], f"{path}:{i + 1}") for i in keep]
+        base_pair = _load_base(ctx)
+        settings |= {"max_new_tokens": int(ctx.setting(bench, "max_new_tokens", 128)), "base_model": ctx.base_model_cfg.get(
+            "name_or_path"), "base_answers": "greedy"}
+        from evaluation.context import model_fingerprint
+
+        # the base model's answers depend on the base model only: cache them for every run compared with it
+        cache = ItemStore((ctx.cache_dir or ctx.items_dir) / "general_kl_base_answers.jsonl",
+                          fingerprint({"base": model_fingerprint(ctx.base_model_cfg, ctx.seed), "data": str(path),
+                                       "max_new_tokens": settings["max_new_tokens"]}))
+        todo = [i for i, k in enumerate(keep) if str(k) not in cache.done]
+        if todo:
+            from evaluation.generation import generate
+
+            outs = generate(base_pair, [prompts[i] for i in todo], max_new_tokens=settings["max_new_tokens"],
+                            batch_size=ctx.batch_size, progress=ctx.progress)
+            cache.add([{"id": str(keep[i]), "answer": o[0]} for i, o in zip(todo, outs)])
+        answers = [cache.done[str(k)]["answer"] for k in keep]
+        r = kl_to_base(model, base_pair[0], tok, prompts, base_answers=answers, max_length=settings["max_length"],
+                       batch_size=ctx.batch_size, progress=ctx.progress)
+        items = [{"id": str(k), "prompt": p, "base_answer": a, "kl_sum": kl, "nll_sum": nll, "tokens": t}
+                 for k, p, a, (kl, nll, t) in zip(keep, prompts, answers, r["per_example"])]
+        metric, value, stderr, n = "kl_per_token", r["kl"]["value"], r["kl"]["stderr"], r["kl"]["n"]
+        metrics = {"kl_per_token": value, "base_answer_nll": r["base_answer_nll"]["value"],
+                   "base_answer_nll_stderr": r["base_answer_nll"]["stderr"], "tokens": r["kl"]["tokens"]}
+    else:
+        raise ValueError(f"bench.{bench['name']}.measure must be response_nll or kl_to_base, got {bench['measure']!r}")
+    ctx.items_dir.mkdir(parents=True, exist_ok=True)
+    out = ctx.items_dir / f"{bench['name']}.jsonl"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items))
+    tmp.replace(out)
+    return {"metric": metric, "value": value, "stderr": stderr, "n": n, "n_runs": 1, "settings": settings,
+            "data_source": str(path), "metrics": metrics}
+
+
+def _load_base(ctx):
+    import torch
+
+    from evaluation.context import model_fingerprint
+    from evaluation.generation import load_for_generation
+
+    if model_fingerprint(ctx.base_model_cfg, ctx.seed) == ctx.model_fp():
+        return ctx.pair()  # evaluating the base model itself: KL is 0 by construction
+    torch.manual_seed(ctx.seed)
+    return load_for_generation(ctx.base_model_cfg)

@@ -1,0 +1,145 @@
+"""Where a benchmark's items come from: local files (the offline bundle, fixtures, your own) or the Hugging Face Hub.
+
+    python -m evaluation.sources gsm8k      # prints where gsm8k would load from, and its first item
+
+Rule (`bench.<name>.source`): `local` and `hub` are explicit; `auto` (default) takes the local files when they
+exist and the benchmark's local copy is the same data as its Hub id (`prefer_local: true`), else the Hub; with
+HF_HUB_OFFLINE=1 it never tries the Hub. MedQA is the exception that sets prefer_local: false, because the copy
+that ships offline has 5 options while the Hub default has 4.
+
+Local files are JSONL (one object a line), a JSON list, or parquet. Every row is checked for the fields the
+benchmark needs, and a bad row is reported as file:line with the missing key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class DataFormatError(ValueError):
+    """A benchmark data file is missing or malformed; the message names the file, line and key to fix."""
+
+
+def local_path(p: str | os.PathLike) -> Path:
+    path = Path(p).expanduser()
+    return (path if path.is_absolute() or path.exists() else REPO / path).absolute()
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def local_files(bench: dict) -> list[Path]:
+    """Every local file/folder a benchmark's `local` block names (empty when it has none)."""
+    loc = bench.get("local") or {}
+    out = []
+    # with per-subtask folders (MMLU) data_files are names inside each folder, not paths
+    for key in ("data_dir",) if "subtask_yaml" in loc else ("data_files", "data_dir"):
+        v = loc.get(key)
+        if isinstance(v, dict):
+            out += [local_path(x) for x in v.values()]
+        elif isinstance(v, (list, tuple)):
+            out += [local_path(x) for x in v]
+        elif v:
+            out.append(local_path(v))
+    return out
+
+
+def choose_source(bench: dict) -> str:
+    """'local' or 'hub' for a benchmark config, by the rule in the module docstring."""
+    name, src = bench["name"], bench.get("source", "auto")
+    if src not in ("auto", "local", "hub"):
+        raise ValueError(f"bench.{name}.source must be auto, local or hub, got {src!r}")
+    files = local_files(bench)
+    have_local = bool(files) and all(f.exists() for f in files)
+    if src == "auto":
+        if have_local and (bench.get("prefer_local", True) or hub_offline() or not bench.get("hub")):
+            src = "local"
+        elif bench.get("hub") and not hub_offline():
+            src = "hub"
+        else:
+            src = "local"
+    if src == "local" and not have_local:
+        missing = next((f for f in files if not f.exists()), None)
+        where = f"{missing} does not exist" if missing else "no local files are configured"
+        hint = "run `make eval-data`" if bench.get("bundled") else "this data does not ship offline"
+        raise DataFormatError(
+            f"benchmark {name!r}: {where}. Either {hint} or point it at a local copy: "
+            f"bench.{name}.local.{'data_dir' if 'data_dir' in (bench.get('local') or {}) else 'data_files'}=<path>"
+            + ("" if hub_offline() or not bench.get("hub") else f", or use the Hub: bench.{name}.source=hub"))
+    if src == "hub" and not bench.get("hub"):
+        raise ValueError(f"benchmark {name!r} has no Hub source; set bench.{name}.local")
+    return src
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    text = path.read_text()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise DataFormatError(f"{path}: a JSON list of objects was expected")
+        return rows
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}:{n}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise DataFormatError(f"{path}: no rows")
+    return rows
+
+
+def pick_field(row: dict, candidates, where: str, role: str):
+    for key in [candidates] if isinstance(candidates, str) else candidates:
+        if key in row and row[key] is not None:
+            return row[key]
+    raise DataFormatError(f"{where}: no {role} field (looked for {list(candidates) if not isinstance(candidates, str) else [candidates]}); "
+                          f"keys present: {sorted(row)}")
+
+
+def load_items(bench: dict) -> tuple[list[dict], str]:
+    """(rows, data_source) for a generative benchmark. Rows keep their `_where` (file:line) for error messages."""
+    src = choose_source(bench)
+    if src == "local":
+        rows = []
+        for path in local_files(bench):
+            for i, r in enumerate(read_rows(path), 1):
+                r["_where"] = f"{path}:{i}"
+                rows.append(r)
+        return rows, ",".join(str(p) for p in local_files(bench))
+    from datasets import load_dataset
+
+    hub = bench["hub"]
+    ds = load_dataset(hub["path"], hub.get("name"), split=hub.get("split", "test"))
+    rows = [dict(r, _where=f"{hub['path']}[{i}]") for i, r in enumerate(ds)]
+    return rows, f"{hub['path']}" + (f"/{hub['name']}" if hub.get("name") else "") + f":{hub.get('split', 'test')}"
+
+
+if __name__ == "__main__":
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "benchmark" / f"{sys.argv[1]}.yaml"))
+    print("source:", choose_source(cfg))
+    if cfg.get("kind") == "generate":
+        rows, where = load_items(cfg)
+        print(where, len(rows), json.dumps(rows[0], default=str)[:500])

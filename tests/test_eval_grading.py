@@ -1,0 +1,119 @@
+"""Grading units: \\boxed{} extraction, math-verify equivalence, multiple-choice extraction, pass@k, the IFEval
+checker (lm-eval's, on responses that do and do not follow), and the seeded subset. Fast tier."""
+
+import math
+
+import pytest
+
+from evaluation.grading import (
+    extract_boxed,
+    extract_choice,
+    extract_math_answer,
+    gold_math_answer,
+    grade_math,
+    math_equal,
+    mean_stderr,
+    pass_at_k,
+)
+from evaluation.harness import select_subset
+
+
+@pytest.mark.parametrize("text, boxes", [
+    (r"so \boxed{42}.", ["42"]),
+    (r"\boxed{\frac{1}{2}}", [r"\frac{1}{2}"]),                        # nested braces
+    (r"\boxed{\left\{1, 2\right\}} and \boxed{x^{2}}", [r"\left\{1, 2\right\}", "x^{2}"]),
+    (r"first \boxed{3} then \fbox{4}", ["3", "4"]),                     # several boxes, \fbox too
+    (r"\boxed 7", ["7"]),                                                # no braces
+    (r"\boxed{unclosed {", []),                                          # never closed: nothing
+    ("no box at all: 12", []),
+])
+def test_extract_boxed(text, boxes):
+    assert extract_boxed(text) == boxes
+
+
+@pytest.mark.parametrize("text, answer", [
+    (r"First \boxed{3}, on reflection \boxed{5}.", "5"),                # the LAST box is the answer
+    ("So the answer is 18.", "18"),                                      # no box: after 'answer is'
+    ("We get 3 + 4 = 7 apples, then 7 * 2 = 14", "14"),                  # else the last number
+    ("It costs 1,200 dollars", "1200"),
+    ("I do not know.", None),
+])
+def test_extract_math_answer(text, answer):
+    assert extract_math_answer(text) == answer
+
+
+@pytest.mark.parametrize("gold, pred", [
+    ("0.5", r"\frac{1}{2}"), ("72", "72.0"), ("(x+1)^2", "x^2+2x+1"), (r"\frac{\sqrt{2}}{2}", r"\sqrt{2}/2"),
+    ("1000", "1,000"), ("18", r"\$18"), ("70", r"70^\circ"), ("2", "x=2"), ("1", "001"),
+])
+def test_math_equal_equivalent(gold, pred):
+    assert math_equal(gold, pred)
+
+
+@pytest.mark.parametrize("gold, pred", [("72", "73"), ("3", "3.5"), ("0.5", "5"), ("12", None), ("12", ""),
+                                        ("2", "x=3")])
+def test_math_equal_wrong(gold, pred):
+    assert not math_equal(gold, pred)
+
+
+def test_gold_and_grade():
+    assert gold_math_answer("He has 3 * 4 = 12.\n#### 1,200") == "1200"    # GSM8K
+    assert gold_math_answer("588") == "588"                               # AIME
+    assert gold_math_answer(r"so $\boxed{\frac{3}{4}}$") == r"\frac{3}{4}"
+    g = grade_math("#### 7", r"3 * 4 = 12, minus 5 is \boxed{7}")
+    assert g == {"pred": "7", "correct": True}
+    assert not grade_math("#### 7", r"\boxed{8}")["correct"]
+    with pytest.raises(ValueError, match="gold"):
+        math_equal("", "1")  # an empty gold is a data error, not a wrong answer
+
+
+@pytest.mark.parametrize("text, letter", [
+    ("B", "B"), ("(C)", "C"), ("D. Protamine", "D"), (r"The answer is \boxed{A}", "A"),
+    ("After thinking, the answer is (B).", "B"), ("Answer: c", "C"),
+    ("<think>Maybe A? No.</think>The correct option is D", "D"),     # letters inside <think> do not count
+    ("I think A is wrong and B is right, so B", "B"), ("none of these", None), ("E", None),
+])
+def test_extract_choice(text, letter):
+    assert extract_choice(text, "ABCD") == letter
+
+
+def test_pass_at_k_and_stats():
+    assert pass_at_k(4, 0, 1) == 0 and pass_at_k(4, 4, 2) == 1
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 4)
+    mu, se = mean_stderr([1, 0, 1, 1])
+    assert mu == 0.75 and se == pytest.approx(math.sqrt(0.25 / 4))
+    assert mean_stderr([1.0])[1] is None
+
+
+def test_select_subset_is_seeded_and_nested():
+    a, b = select_subset(100, 10, 1), select_subset(100, 10, 1)
+    assert a == b and len(a) == 10 and a == sorted(a) and a != list(range(10))
+    assert set(a) <= set(select_subset(100, 30, 1))   # a larger limit keeps every item of a smaller one
+    assert select_subset(5, 10, 1) == list(range(5)) and select_subset(5, None, 1) == list(range(5))
+
+
+@pytest.fixture(scope="module")
+def ifeval_utils(nltk_punkt):
+    """lm-eval's IFEval checker with punkt tables written from the PyPI carrier (as make eval-data does)."""
+    from evaluation.lm_eval_bench import _need_punkt
+
+    _need_punkt()
+    from lm_eval.tasks.ifeval import utils
+
+    return utils
+
+
+def test_ifeval_checker(ifeval_utils):
+    doc = {"key": 1, "prompt": "Describe a cat in lowercase, at least 2 sentences, no commas.",
+           "instruction_id_list": ["change_case:english_lowercase", "length_constraints:number_sentences",
+                                   "punctuation:no_comma"],
+           "kwargs": [{}, {"relation": "at least", "num_sentences": 2}, {}]}
+    good = ifeval_utils.process_results(doc, ["a cat is small and soft. it likes to sleep in the sun."])
+    assert good["prompt_level_strict_acc"] is True and good["inst_level_strict_acc"] == [True, True, True]
+    bad = ifeval_utils.process_results(doc, ["A Cat, which is small."])  # uppercase, one sentence, a comma
+    assert bad["prompt_level_strict_acc"] is False and bad["inst_level_strict_acc"] == [False, False, False]
+    half = ifeval_utils.process_results(doc, ["a cat sleeps. it purrs, loudly."])  # only the comma fails
+    assert half["inst_level_strict_acc"] == [True, True, False] and half["prompt_level_loose_acc"] is False
