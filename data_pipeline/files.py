@@ -1,0 +1,85 @@
+"""Small file helpers shared by every stage: atomic writes, JSONL reading with line numbers, hashes.
+
+Every file the pipeline writes goes to a temporary name in the same folder and is renamed into place, so a
+killed process leaves either the old file or the new one, never half of one (rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not overtake the data on a crash
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def iter_jsonl(path: str | Path, progress: str | None = None) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yields (line number, parsed object or None, error or None); blank lines are skipped. `progress`: show a
+    bar with this description, counting bytes (so multi-GB files get a rate and an ETA)."""
+    from tqdm import tqdm
+
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=progress, mininterval=2,
+                                     disable=progress is None) as bar:
+        for lineno, raw in enumerate(f, 1):
+            bar.update(len(raw))
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+                continue
+            if not isinstance(obj, dict):
+                yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"
+                continue
+            yield lineno, obj, None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Strict reader for files this pipeline wrote itself: a bad line is a bug, so it raises with file:line."""
+    rows = []
+    for lineno, obj, err in iter_jsonl(path):
+        if err:
+            raise ValueError(f"{path}:{lineno}: {err}")
+        rows.append(obj)
+    return rows
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    """Hash of a JSON-serialisable object in canonical form (sorted keys): for settings and record lists."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()

