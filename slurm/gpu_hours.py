@@ -1,0 +1,77 @@
+"""Expected GPU-hours of one training run at the paper's settings: 6 x params x training tokens / (MFU x peak).
+
+    python slurm/gpu_hours.py                       # the README table, from the assumptions printed with it
+    python slurm/gpu_hours.py --manifest data/math/manifest.json --model qwen3-4b     # measured token counts
+    python slurm/gpu_hours.py --mfu 0.25 --peak-tflops 989                          # another MFU, H100 bf16
+
+6 x N x D counts a forward and a backward pass over D tokens of an N-parameter model (Kaplan et al. 2020); the
+attention score FLOPs (~10% more at ~2.5k tokens for a 4B model) and gradient checkpointing's recomputed forward
+(trainer=paper turns it on) are left to the MFU, which is why the default (35% of A100 bf16 dense peak, 312
+TFLOPS) is a little under what a well-tuned ZeRO-3 run reaches. SFT-KL adds the frozen reference model's forward
+(2 x N x D): x 4/3. FLOW and Masked-SFT add one base-model forward over one epoch (the precompute job).
+These are estimates to plan an allocation, not measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Parameter counts from the model cards (embeddings included; the 6ND rule counts every weight that is used).
+PARAMS = {"qwen3-4b": 4.02e9, "qwen3-4b-thinking": 4.02e9, "glm4-9b": 9.40e9, "qwen2.5-32b": 32.76e9}
+# Training rows and ASSUMED mean tokens per row (prompt + response). Row counts: the paper (math 19k, agent 20k)
+# and the released medical set (medical-o1-reasoning-SFT, en: ~19.7k). Lengths are not published [U]: long
+# verified CoT from Qwen3-235B-A22B-Instruct for math, R1-style CoT for medical, tool schemas + multi-turn for agent.
+DOMAINS = {"math": (19_000, 2_500), "medical": (19_700, 1_000), "agent": (20_000, 3_000)}
+RUNS = [("Table 1", "qwen3-4b", "math"), ("Table 1", "glm4-9b", "math"), ("Table 1", "qwen2.5-32b", "math"),
+        ("Table 2", "qwen3-4b-thinking", "medical"), ("Table 3", "qwen3-4b", "agent")]
+
+
+def gpu_hours(params: float, tokens: float, mfu: float, peak_tflops: float) -> float:
+    return 6 * params * tokens / (mfu * peak_tflops * 1e12) / 3600
+
+
+def manifest_tokens(path: Path) -> tuple[int, float]:
+    """Rows and total tokens of the training split, as data_pipeline.build measured them."""
+    stats = json.loads(path.read_text())["token_stats"]["train"]["total_tokens"]
+    return stats["n"], stats["sum"]
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=float, default=10, help="the paper's math setting (medical/agent: [U])")
+    p.add_argument("--mfu", type=float, default=0.35)
+    p.add_argument("--peak-tflops", type=float, default=312, help="A100 bf16 dense peak")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per run, for the wall-clock column")
+    p.add_argument("--manifest", type=Path, help="data/<domain>/manifest.json: use its measured token count")
+    p.add_argument("--model", choices=sorted(PARAMS), help="with --manifest")
+    args = p.parse_args(argv)
+
+    if args.manifest:
+        if not args.model:
+            p.error("--manifest needs --model")
+        rows, total = manifest_tokens(args.manifest)
+        plan = [(str(args.manifest), args.model, rows, total / rows)]
+    else:
+        plan = [(f"{table} ({domain})", model, *DOMAINS[domain]) for table, model, domain in RUNS]
+
+    print(f"assumptions: {args.epochs:g} epochs, MFU {args.mfu:.0%} of {args.peak_tflops:g} TFLOPS, "
+          f"{args.gpus} GPUs")
+    print("| run | model | params | rows x mean tokens | train tokens | GPU-h (SFT, EAFT, DFT, TALR, FLOW) "
+          f"| GPU-h (SFT-KL) | wall h on {args.gpus} GPUs |")
+    print("|---|---|---|---|---|---|---|---|")
+    out = []
+    for what, model, rows, mean_len in plan:
+        tokens = rows * mean_len * args.epochs
+        h = gpu_hours(PARAMS[model], tokens, args.mfu, args.peak_tflops)
+        row = {"run": what, "model": model, "params": PARAMS[model], "tokens": tokens, "gpu_hours": h,
+               "gpu_hours_sft_kl": h * 4 / 3, "wall_hours": h / args.gpus}
+        out.append(row)
+        print(f"| {what} | {model} | {PARAMS[model] / 1e9:.1f}B | {rows:,} x {mean_len:,.0f} | {tokens / 1e6:,.1f}M "
+              f"| {h:,.1f} | {h * 4 / 3:,.1f} | {h / args.gpus:,.1f} |")
+    return out
+
+
+if __name__ == "__main__":
+    main()
