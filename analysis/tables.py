@@ -1,0 +1,223 @@
+"""Tables 1-3 in the paper's layout from results/metrics, the published numbers beside ours. CPU only.
+
+    python -m analysis.tables                   # make tables; options: select=final, metrics_dir=..., out_dir=...
+
+Writes to results/tables/ (config: configs/analysis_tables.yaml):
+    table1_math.{md,tex}, table2_medical.{md,tex}, table3_agent.{md,tex}
+        one "paper" row and one "ours" row per model and method; averages are the unweighted mean of the domain's
+        benchmarks, computed here for both (the paper's printed averages are not copied); Δ is the general
+        average minus the base model's; a note marks where the paper's printed average disagrees with its cells.
+    ours.{md,tex}     every (model, target domain, method) we evaluated, whatever the benchmarks (e.g. SmolLM2)
+    paper_consistency.md   every printed average and delta of the paper checked against its cells
+Our numbers: per run one checkpoint (`select`, default "best": the paper's selection on the test sets, labelled
+as such in every table), then the mean over seeds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.paper import consistency, load_paper, paper_cells
+from analysis.results import averaged, domain_means, load_metrics, repo_path, seed_means, select_checkpoints
+
+
+@dataclass(frozen=True)
+class Layout:
+    title: str
+    domain: str
+    models: dict  # model config name -> the paper's name for it
+    methods: list
+    target: list
+    general: list
+    target_avg: str | None  # the average column's header; None for a one-benchmark domain
+
+
+GENERAL = ["mmlu", "ifeval", "cluewsc"]
+LAYOUTS = {
+    "table1": Layout("Table 1: math", "math",
+                     {"qwen3-4b": "Qwen3-4B-Instruct", "qwen2.5-32b": "Qwen2.5-32B-Instruct", "glm4-9b": "GLM4-9B-0414"},
+                     ["base", "sft", "sft_kl", "flow", "dft", "talr", "eaft"], ["aime24", "aime25", "gsm8k"], GENERAL,
+                     "Math"),
+    "table2": Layout("Table 2: medical", "medical", {"qwen3-4b-thinking": "Qwen3-4B-Thinking-2507"},
+                     ["base", "sft", "eaft"], ["medmcqa", "medqa", "pubmedqa"], GENERAL, "Med"),
+    "table3": Layout("Table 3: agent", "agent", {"qwen3-4b": "Qwen3-4B-Instruct-2507"},
+                     ["base", "sft", "eaft"], ["bfcl_v3"], GENERAL, None),
+}
+FILES = {"table1": "table1_math", "table2": "table2_medical", "table3": "table3_agent"}
+BENCH_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gsm8k": "GSM8K", "mmlu": "MMLU", "ifeval": "IFEval",
+               "cluewsc": "CLUEWSC", "medmcqa": "MedMCQA", "medqa": "MedQA", "pubmedqa": "PubMedQA",
+               "bfcl_v3": "BFCL v3"}
+METHOD_NAMES = {"base": "base", "sft": "SFT", "sft_kl": "SFT-KL", "flow": "FLOW", "dft": "DFT", "talr": "TALR",
+                "eaft": "EAFT", "masked_sft": "Masked SFT", "masked_sft_pilot": "Masked SFT (pilot)",
+                "eaft_sig": "EAFT_sig", "eaft2": "EAFT²", "eaft3": "EAFT³", "mile": "MiLe"}
+
+
+def fmt(x, digits: int = 1, signed: bool = False) -> str:
+    if x is None or pd.isna(x):
+        return "–"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def ours_scores(metrics: pd.DataFrame) -> pd.DataFrame:
+    """(base_model, target_domain, method, benchmark) -> value, one checkpoint per run, mean over seeds."""
+    return seed_means(metrics)
+
+
+def ours_cells(ours: pd.DataFrame, model: str, domain: str, method: str) -> dict:
+    """{benchmark: value} and n_seeds for one row of a paper table (base rows have no target domain)."""
+    sel = (ours["base_model"] == model) & (ours["method"] == method)
+    sel &= (ours["target_domain"] == "*") if method == "base" else (ours["target_domain"] == domain)
+    d = averaged(ours[sel])
+    return {"values": dict(zip(d["benchmark"], d["value"])), "n_seeds": int(d["n_seeds"].max()) if len(d) else 0}
+
+
+def row_means(values: dict, lay: Layout) -> tuple[float, float]:
+    """(target avg, general avg): the mean over the layout's benchmarks, NaN unless all of them are present."""
+    def mean(benches):
+        return sum(values[b] for b in benches) / len(benches) if all(b in values for b in benches) else float("nan")
+    return mean(lay.target), mean(lay.general)
+
+
+def build_table(lay: Layout, artifact: str, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, method, source), numeric: benchmarks, target_avg, general_avg, delta; plus notes."""
+    cells = paper_cells(paper, artifact)
+    checks = consistency(paper, {artifact: lay})
+    rows = []
+    for model, model_name in lay.models.items():
+        base = {}
+        for method in lay.methods:
+            p = cells.loc[(model, method)].to_dict() if (model, method) in cells.index else {}
+            o = ours_cells(ours, model, lay.domain, method)
+            for source, values in (("paper", p), ("ours", o["values"])):
+                tgt, gen = row_means(values, lay)
+                if method == "base":
+                    base[source] = gen
+                row = {"model": model, "method": method, "source": source,
+                       "label": model_name if method == "base" else f"+ {METHOD_NAMES.get(method, method)}",
+                       **{b: values.get(b, float("nan")) for b in lay.target + lay.general},
+                       "target_avg": tgt, "general_avg": gen, "delta": gen - base.get(source, float("nan")),
+                       "note": ""}
+                if source == "paper":
+                    bad = checks[(checks["model"] == model) & (checks["method"] == method) & checks["flag"]]
+                    row["note"] = "; ".join(f"printed {r.quantity} {r.printed:g} ≠ {r.from_cells:.2f} from its cells"
+                                            for r in bad.itertuples())
+                elif o["n_seeds"]:
+                    row["note"] = f"{o['n_seeds']} seed(s)"
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def display(table: pd.DataFrame, lay: Layout) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells in the paper's column order."""
+    head = ["model / method", "source"] + [BENCH_NAMES.get(b, b) for b in lay.target]
+    head += [lay.target_avg] if lay.target_avg else []
+    head += [BENCH_NAMES.get(b, b) for b in lay.general] + ["General (Δ)", "note"]
+    body = []
+    for r in table.to_dict("records"):
+        cells = [r["label"] if r["source"] == "paper" else "", r["source"]]
+        cells += [fmt(r[b]) for b in lay.target] + ([fmt(r["target_avg"], 2)] if lay.target_avg else [])
+        cells += [fmt(r[b]) for b in lay.general]
+        gen = fmt(r["general_avg"], 2)
+        cells += [gen if r["method"] == "base" or pd.isna(r["delta"]) else f"{gen} ({fmt(r['delta'], 2, True)})",
+                  r["note"]]
+        body.append(cells)
+    return head, body
+
+
+def to_markdown(head: list[str], body: list[list[str]], caption: str) -> str:
+    lines = [f"**{caption}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("Δ", r"$\Delta$"), ("≠", r"$\neq$"), ("–", "--"), ("²", r"$^2$"), ("³", r"$^3$")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(head: list[str], body: list[list[str]], caption: str) -> str:
+    lines = [r"\begin{table}[t]", r"\centering\small", rf"\caption{{{latex_escape(caption)}}}",
+             r"\begin{tabular}{ll" + "r" * (len(head) - 3) + "l}", r"\toprule",
+             " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def ours_table(ours: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Every (model, target domain, method) we have, with its own benchmarks; Δ general vs that model's base."""
+    means = domain_means(ours)
+    domain_of = dict(zip(ours["benchmark"], ours["bench_domain"]))
+    order = {d: i for i, d in enumerate(["math", "medical", "agent", "general", "other"])}
+    benches = sorted(domain_of, key=lambda b: (order.get(domain_of[b], 9), b))
+    head = ["model", "target domain", "method"] + [BENCH_NAMES.get(b, b) for b in benches]
+    head += ["target avg", "general avg", "Δ general", "Δ target", "seeds"]
+    body = []
+    for r in means.sort_values(["base_model", "target_domain", "method"]).to_dict("records"):
+        sel = (ours["base_model"] == r["base_model"]) & (ours["method"] == r["method"])
+        sel &= (ours["target_domain"] == ("*" if r["method"] == "base" else r["target_domain"]))
+        vals = dict(zip(ours.loc[sel, "benchmark"], ours.loc[sel, "value"]))
+        base = means[(means["base_model"] == r["base_model"]) & (means["target_domain"] == r["target_domain"])
+                     & (means["method"] == "base")]
+        dg = r["general"] - base["general"].iloc[0] if len(base) else float("nan")
+        dt = r["target"] - base["target"].iloc[0] if len(base) else float("nan")
+        seeds = int(ours.loc[sel, "n_seeds"].max()) if sel.any() else 0
+        body.append([str(r["base_model"]), str(r["target_domain"]), METHOD_NAMES.get(r["method"], r["method"])]
+                    + [fmt(vals.get(b), 2) for b in benches]
+                    + [fmt(r["target"], 2), fmt(r["general"], 2), fmt(dg, 2, True), fmt(dt, 2, True), str(seeds)])
+    return head, body
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(cfg) -> dict:
+    out = repo_path(cfg.out_dir)
+    paper = load_paper(repo_path(cfg.paper_file))
+    metrics = load_metrics(repo_path(cfg.metrics_dir), repo_path(cfg.runs_dir))
+    selected = select_checkpoints(metrics, cfg.select)
+    ours = ours_scores(selected)
+    label = f"checkpoint = {selected['selection'].iloc[0]}" if len(selected) else "no results of ours yet"
+    if metrics.empty:
+        print(f"[tables] no results under {cfg.metrics_dir}: our rows stay empty (run `make eval RUN=<run>`)")
+    written = []
+    for art, lay in LAYOUTS.items():
+        head, body = display(build_table(lay, art, paper, ours), lay)
+        caption = f"{lay.title}. Paper rows: published cells, averages recomputed from them. Ours: {label}."
+        for ext, render in (("md", to_markdown), ("tex", to_latex)):
+            write(out / f"{FILES[art]}.{ext}", render(head, body, caption))
+            written.append(f"{FILES[art]}.{ext}")
+    if not ours.empty:
+        head, body = ours_table(ours)
+        caption = f"All our evaluated runs. {label}. Averages over benchmarks in points only (NLL, KL excluded)."
+        for ext, render in (("md", to_markdown), ("tex", to_latex)):
+            write(out / f"ours.{ext}", render(head, body, caption))
+            written.append(f"ours.{ext}")
+    checks = consistency(paper, LAYOUTS)
+    flagged = checks[checks["flag"]]
+    text = (f"# The paper's printed averages checked against its own cells\n\n{len(checks)} checked, "
+            f"{len(flagged)} disagree (tolerance 0.1: cells and averages are each rounded to 0.1).\n\n"
+            + to_markdown(list(checks.columns), checks.astype(str).values.tolist(), "All checks"))
+    write(out / "paper_consistency.md", text)
+    written.append("paper_consistency.md")
+    for r in flagged.itertuples():
+        print(f"[tables] paper inconsistency: {r.artifact} {r.model} {r.method} {r.quantity}: printed {r.printed:g}, "
+              f"cells give {r.from_cells:.2f}")
+    print(f"[tables] wrote {', '.join(written)} to {out}")
+    return {"written": written, "flagged": flagged.to_dict("records"), "n_results": len(metrics)}
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(config_path="../configs", config_name="analysis_tables", version_base=None)(main)()
