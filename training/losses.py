@@ -29,8 +29,8 @@ Try it:  python -c "import torch; from training.losses import LOSSES; \
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +132,7 @@ def eaft_sig_gate(tok: Tokens, k: int = 20, a: float = 30.0, b: float = 0.17,
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     # torch.quantile refuses more than 2**24 elements; kthvalue has no such limit.
-    idx = max(1, min(x.numel(), int(math.ceil(q * x.numel()))))
+    idx = max(1, min(x.numel(), math.ceil(q * x.numel())))
     return x.kthvalue(idx).values
 
 

@@ -99,7 +99,7 @@ def deepspeed_reference(ref_model: torch.nn.Module, args: TrainingArguments):
 
 def training_arguments(cfg, run_dir: Path) -> TrainingArguments:
     targs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.get("global_batch_size"):
         per_step = targs["per_device_train_batch_size"] * world
         if cfg.global_batch_size % per_step:
@@ -119,7 +119,7 @@ def main(cfg) -> dict:
     t0 = time.time()
     run_dir = Path(resolve_out_dir(cfg.out_dir)) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    rank0 = int(os.environ.get("RANK", 0)) == 0
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     set_seed(cfg.seed)

@@ -53,8 +53,7 @@ def make_tokenizer(texts: list[str], vocab_size: int = 384) -> Tokenizer:
 def main() -> None:
     rows = make_chat()
     with open(HERE / "tiny_chat.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     texts = [m["content"] for r in rows for m in r["messages"]] + ["system user assistant tool"]
     out = HERE / "tiny-tokenizer"
     out.mkdir(exist_ok=True)
