@@ -68,6 +68,12 @@ def model_fingerprint(model_cfg: dict, seed: int = 0) -> str:
     from training.models import resolve
 
     ident = {k: model_cfg.get(k) for k in ("name_or_path", "tokenizer", "dtype", "from_config", "chat_template")}
+    for k in ("name_or_path", "tokenizer"):  # ./x, x and /abs/x name the same folder
+        if ident[k]:
+            try:
+                ident[k] = resolve(str(ident[k]))
+            except FileNotFoundError:
+                pass
     if model_cfg.get("from_config"):
         ident["seed"] = seed
     else:

@@ -139,13 +139,18 @@ def main(cfg) -> dict:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(sorted(cfg['bench']))} "
                          "(a new one needs configs/benchmark/<name>.yaml and a line in configs/eval.yaml)")
     m = resolve_model(cfg["model_spec"])
+    if cfg.get("base_model"):
+        m["base_model_cfg"] = resolve_model(cfg["base_model"])["model_cfg"]
     if cfg.get("dtype"):
-        m["model_cfg"]["dtype"] = cfg["dtype"]
+        # the evaluated model and general_kl's reference in the same precision: the KL then measures the weights,
+        # and the base's own evaluation and its runs' share one set of base answers (same fingerprint)
+        m["model_cfg"] = {**m["model_cfg"], "dtype": cfg["dtype"]}
+        if m["base_model_cfg"]:
+            m["base_model_cfg"] = {**m["base_model_cfg"], "dtype": cfg["dtype"]}
     run = cfg.get("run_name") or m["run"]
     out = Path(cfg["out_dir"]) if Path(cfg["out_dir"]).is_absolute() else REPO / cfg["out_dir"]
     res_dir = out / run / (Path(m["model_cfg"]["name_or_path"]).name
                            if re.fullmatch(r"checkpoint-\d+", Path(m["model_cfg"]["name_or_path"]).name) else "")
-    base_spec = cfg.get("base_model")
     ctx = EvalContext(
         model_cfg=m["model_cfg"], items_dir=res_dir / "items", cache_dir=out / "_cache", backend=cfg["backend"],
         limit=cfg.get("limit"),
@@ -153,7 +158,7 @@ def main(cfg) -> dict:
         chunk_size=cfg["chunk_size"], resume=cfg["resume"], progress=cfg["progress"],
         overrides={k: cfg.get(k) for k in ("n_runs", "temperature", "top_p", "max_new_tokens")},
         chat_template_kwargs=dict(cfg.get("chat_template_kwargs") or {}), vllm=dict(cfg.get("vllm") or {}),
-        base_model_cfg=resolve_model(base_spec)["model_cfg"] if base_spec else m["base_model_cfg"])
+        base_model_cfg=m["base_model_cfg"])
     if ctx.backend not in ("hf", "vllm"):
         raise ValueError(f"backend must be hf or vllm, got {ctx.backend!r}")
     results = {}

@@ -230,3 +230,24 @@ def test_generative_multiple_choice(tmp_path, monkeypatch):
     assert r["metric"] == "accuracy" and r["value"] == pytest.approx(200 / 3) and r["n"] == 3
     assert r["metrics"]["no_answer_rate"] == pytest.approx(100 / 3)
     assert r["settings"]["scoring"] == "generative multiple choice"
+
+
+def test_base_answers_are_shared_by_the_base_and_its_runs(tmp_path):
+    """general_kl compares every model with the base on the same base answers: the base's own evaluation and a
+    run's evaluation reuse one cached set, also when they name the prompt file by a relative and an absolute
+    path (greedy decoding in fp32 can differ between processes, so answers are generated once)."""
+    run = fake_run(tmp_path)
+    rel = (F / "general_prompts.jsonl").relative_to(REPO)
+    # dtype= applies to the reference model too (it once changed only the evaluated one, so the base's own
+    # evaluation generated its answers in bf16 and its runs' evaluations in fp32)
+    ev.main(cfg_for(tmp_path, "model_spec=tiny", "benchmarks=[general_kl]", "limit=2", "dtype=bfloat16",
+                    f"bench.general_kl.local.data_files=[{rel}]"))
+    ev.main(cfg_for(tmp_path, f"model_spec={run}", "benchmarks=[general_kl]", "limit=2", "dtype=bfloat16"))
+    cache = (tmp_path / "metrics" / "_cache" / "general_kl_base_answers.jsonl").read_text().splitlines()
+    assert len(cache) == 2
+    answers = {}
+    for name in ("tiny", run.name):
+        rows = [json.loads(x) for x in (tmp_path / "metrics" / name / "items" / "general_kl.jsonl").read_text()
+                .splitlines()]
+        answers[name] = [(r["base_answer"], r["tokens"]) for r in rows]
+    assert answers["tiny"] == answers[run.name]
