@@ -69,7 +69,7 @@ demo: $(STAMP) ## the embedded default: SFT vs EAFT on SmolLM2-135M, CPU; FULL=1
 bench: $(STAMP) ## loss kernels: time and peak memory vs plain CE
 	$(PY) -m training.bench $(ARGS)
 
-test: $(STAMP) ## the default test tier (CPU, no network)
+test: $(STAMP) ## the default test tier (CPU; PyPI only, never the Hub)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## the slow tier: real SmolLM2 runs

@@ -40,7 +40,7 @@ BENCHMARK_DOMAIN = {
     "mmlu": "general", "ifeval": "general", "cluewsc": "general",
     # the CPU default's general suite (issue 4's `mini` suite)
     "arc_easy": "general", "arc_challenge": "general", "hellaswag": "general", "sciq": "general",
-    "general_kl": "general", "target_nll": "target (NLL)",
+    "general_kl": "general", "target_nll": "target (NLL)", "gsm8k_heldout": "math",
     "piqa": "general", "winogrande": "general", "boolq": "general", "openbookqa": "general",
 }
 # Data config name -> the target domain it trains.
@@ -79,7 +79,9 @@ def load_metrics(metrics_dir: str | Path = REPO / "results/metrics", runs_dir: P
     """One row per result file, with the run's identity and the benchmark's domain. Empty frame if none."""
     metrics_dir = Path(metrics_dir)
     rows = []
-    for path in sorted(metrics_dir.glob("*/*.json")):
+    # <run>/<benchmark>.json (final model) and <run>/checkpoint-N/<benchmark>.json (evaluation.evaluate's layout
+    # for an intermediate checkpoint: Fig. 2a and best-checkpoint selection need them)
+    for path in sorted([*metrics_dir.glob("*/*.json"), *metrics_dir.glob("*/checkpoint-*/*.json")]):
         r = read_result(path)
         ident = identify_run(r["run"], r["method"], runs_dir)
         data = ident["data"]

@@ -4,7 +4,7 @@
   evaluation.generation.generate(backend="vllm"), the same prompt rendering and sampling code evaluation uses.
 - hf: transformers generate() on a small local model, same function with backend="hf" (CPU, tests).
 - reference: the source's own reference solution is the "response". The CPU default uses it because a model
-  teacher that fits a CPU keeps almost nothing: SmolLM2-135M solves ~5% of GSM8K (shared/PILOT.md), so
+  teacher that fits a CPU keeps almost nothing: SmolLM2-135M solves ~5% of GSM8K in our pilot, so
   verification would discard ~95% of its answers and the few it keeps are the easiest items.
 
 Every backend's output goes through the same verification, so a reference solution whose final line does not

