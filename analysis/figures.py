@@ -212,7 +212,7 @@ def main(cfg) -> dict:
             missing.append(f"fig 4: no runs/<run>/metrics.jsonl with ce_high_entropy in {list(cfg.runs_dirs)} "
                            "(train SFT and EAFT: `make train METHOD=sft`, `make train METHOD=eaft`)")
     if only & {"2a", "2b", "5"}:
-        metrics = load_metrics(repo_path(cfg.metrics_dir), repo_path(cfg.runs_dirs[0]))
+        metrics = load_metrics(repo_path(cfg.metrics_dir), [repo_path(d) for d in cfg.runs_dirs])
         if metrics.empty:
             missing.append(f"figs 2a, 2b, 5: no results in {cfg.metrics_dir} (run `make eval RUN=<run>`)")
         else:

@@ -58,15 +58,17 @@ def config_names(group: str, configs_dir: Path = REPO / "configs") -> list[str]:
     return sorted(names, key=len, reverse=True)
 
 
-def identify_run(run: str, method: str, runs_dir: Path = REPO / "runs",
+def identify_run(run: str, method: str, runs_dir: Path | list[Path] = REPO / "runs",
                  configs_dir: Path = REPO / "configs") -> dict:
-    """{base_model, data, method, seed} of a run name (None where unknown)."""
+    """{base_model, data, method, seed} of a run name (None where unknown): from run_info.json in the first of
+    `runs_dir` (one folder or several, e.g. runs/ and results/demo/runs/) that holds the run, else from the name."""
     if method == "base":
         return {"base_model": run, "data": None, "method": "base", "seed": None}
-    info = runs_dir / run / "run_info.json"
-    if info.exists():
-        d = json.loads(info.read_text())
-        return {"base_model": d["model"], "data": d["data"], "method": d["method"], "seed": d.get("seed")}
+    for d in [runs_dir] if isinstance(runs_dir, (str, Path)) else runs_dir:
+        info = Path(d) / run / "run_info.json"
+        if info.exists():
+            i = json.loads(info.read_text())
+            return {"base_model": i["model"], "data": i["data"], "method": i["method"], "seed": i.get("seed")}
     alt = {g: "|".join(map(re.escape, config_names(g, configs_dir))) for g in ("model", "data", "method")}
     m = re.fullmatch(rf"({alt['model']})-({alt['data']})-({alt['method']})(?:-s(\d+))?", run)
     if not m:
@@ -75,7 +77,8 @@ def identify_run(run: str, method: str, runs_dir: Path = REPO / "runs",
             "seed": int(m.group(4)) if m.group(4) else None}
 
 
-def load_metrics(metrics_dir: str | Path = REPO / "results/metrics", runs_dir: Path = REPO / "runs") -> pd.DataFrame:
+def load_metrics(metrics_dir: str | Path = REPO / "results/metrics",
+                 runs_dir: Path | list[Path] = REPO / "runs") -> pd.DataFrame:
     """One row per result file, with the run's identity and the benchmark's domain. Empty frame if none."""
     metrics_dir = Path(metrics_dir)
     rows = []

@@ -104,6 +104,14 @@ def resolve_model(spec: str) -> dict:
                             f"folder (looked in {Path.cwd()}, {REPO}, {REPO / 'runs'}), not a Hub id (org/name)")
 
 
+def _repo_relative(p: Path) -> str:
+    """Paths inside the repository are written relative to it, so committed results read on any clone."""
+    try:
+        return str(p.resolve().relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
 def git_sha() -> str | None:
     try:
         return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -171,7 +179,7 @@ def main(cfg) -> dict:
         result = {"run": run, "model": model_id, "method": m["method"],
                   "benchmark": name, **part, "git_sha": git_sha(),
                   "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  "step": m["step"], "items_file": str(ctx.items_dir / f"{name}.jsonl")}
+                  "step": m["step"], "items_file": _repo_relative(ctx.items_dir / f"{name}.jsonl")}
         if m["domain"]:
             result["domain"] = m["domain"]
         path = write_result(res_dir / f"{name}.json", result)

@@ -1,0 +1,276 @@
+"""The embedded default: SFT vs EAFT on a real pretrained model (SmolLM2-135M-Instruct), CPU only, offline.
+
+    make demo                                   # quick profile: base, SFT, EAFT; ~15 min after set-up
+    make demo FULL=1                            # every method x 3 seeds, longer schedule, larger evaluations
+    python -m analysis.demo methods=[sft,eaft,dft] demo_profile.train.n_examples=64
+
+Stages, each cached on disk so that a re-run (or an interrupted run) skips what is done:
+  1. set-up     the SmolLM2 HF folder (data_pipeline.assets), data/math-mini (data_pipeline.build), the offline
+                benchmark bundle (evaluation.data_bundle)
+  2. mechanism  token statistics of the training data under the base model (analysis.token_stats): the share
+                of confident conflicts and the Pearson correlation of top-20 with full entropy; the landscape
+  3. training   one run per method x seed through training.train (runs/demo-<profile>-<method>-s<seed>)
+  4. eval       base and every run through evaluation.evaluate (results/metrics/<run>/): held-out target NLL,
+                greedy accuracy on held-out GSM8K items, the `mini` multiple-choice suite, and drift from the base
+                model on general chat prompts (KL and NLL of the base model's answers)
+  5. report     <out_dir>/table.md (also printed), figures, timing.json (analysis/demo_report.py); each run's
+                training log is kept in <out_dir>/runs/<run>/ for make figures (Fig. 4)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    """Compose another entry point's config; works inside this @hydra.main job, whose GlobalHydra is set."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=overrides)
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        return compose(name, overrides=overrides)
+
+
+def repo_path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else REPO / p
+
+
+class Timer:
+    """Wall time of each stage, printed as it ends and kept in timing.json. A stage that found its work done
+    (`skip()` inside the block) keeps the time measured by the run that did it, marked as cached."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.previous = json.loads(path.read_text()) if path.exists() else {}
+        self.stages: dict[str, float | str] = {}
+        self._skipped = False
+
+    def skip(self) -> None:
+        self._skipped = True
+
+    @contextmanager
+    def __call__(self, name: str):
+        print(f"\n=== [demo] {name}", flush=True)
+        t0, self._skipped = time.time(), False
+        yield
+        took = round(time.time() - t0, 1)
+        if self._skipped:
+            before = self.previous.get(name)
+            self.stages[name] = before if isinstance(before, str) else (
+                f"{before:.0f} (cached)" if before is not None else "cached")
+        else:
+            self.stages[name] = took
+        print(f"=== [demo] {name}: {self.stages[name]} s", flush=True)
+        self.save()  # after every stage, so a run that fails later keeps the times of what it did
+
+    def save(self) -> None:
+        # stages of an earlier invocation that this one has not reached yet keep their times
+        merged = {**{k: v for k, v in self.previous.items() if k not in self.stages}, **self.stages}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=2) + "\n")
+        tmp.replace(self.path)
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 autocast only pays off with AVX512-BF16 or AMX; elsewhere it is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str) -> bool:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    return cpu_has_native_bf16() if precision == "auto" else precision == "bf16"
+
+
+def setup(cfg) -> Path:
+    """The model folder, the math data and the offline benchmark files; returns the demo's training file."""
+    from data_pipeline.assets import SMOLLM2_DIR, smollm2
+
+    tcfg = compose_cfg("train", [f"model={cfg.model.name}", f"data={cfg.data.name}"])
+    if repo_path(tcfg.model.name_or_path).resolve() == SMOLLM2_DIR.resolve():
+        smollm2()
+    full_train = repo_path(tcfg.data.train_file)
+    if not full_train.exists():
+        from data_pipeline.build import main as build_data
+        build_data(compose_cfg("data_build", [f"domain={cfg.data.name}"]))
+    if cfg.demo_profile.eval_bundle:
+        from evaluation.data_bundle import main as build_eval_data
+        build_eval_data(["--only", *cfg.demo_profile.eval_bundle])
+    # The demo trains on the first n rows; its own file so that FLOW / Masked-SFT precompute only those.
+    n = cfg.demo_profile.train.n_examples
+    train_file = repo_path(cfg.out_dir) / "data" / "train.jsonl"
+    rows = full_train.read_text().splitlines()[:n]
+    if not train_file.exists() or train_file.read_text().splitlines() != rows:
+        train_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = train_file.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        tmp.replace(train_file)
+    return train_file
+
+
+def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
+    """Confident-conflict share and top-20/full entropy correlation of the training data under the base model."""
+    from analysis.fig_tokens import landscape
+    from analysis.plotting import save
+    from analysis.summaries import conflict_summary, topk_correlation
+    from analysis.token_stats import compute
+
+    out = repo_path(cfg.out_dir)
+    cache = out / "mechanism.json"
+    limit = cfg.demo_profile.mechanism.limit
+    key = {"model": cfg.model.name, "train_file": str(train_file), "limit": limit}
+    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+        timer.skip()
+        return json.loads(cache.read_text())
+    acfg = compose_cfg("analysis", [f"model={cfg.model.name}", f"data={cfg.data.name}", f"limit={limit}",
+                                    f"data.train_file={train_file}"])
+    df, _, _ = compute(acfg, rollouts=False)
+    corr = topk_correlation(df).set_index("k")
+    summary = conflict_summary(df)
+    fig = landscape({"SFT data (teacher-forced, base model)": df},
+                    title=f"{cfg.model.name} on {cfg.data.name}: entropy-probability landscape")
+    save(fig, out / "landscape")
+    result = {"key": key, **summary,
+              "pearson_top20_full": float(corr.loc[20, "pearson"]),
+              "spearman_top20_full": float(corr.loc[20, "spearman"]) if "spearman" in corr else None}
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(cache)
+    return result
+
+
+def run_name(cfg, method: str, seed: int) -> str:
+    return f"demo-{cfg.demo_profile.name}-{method}-s{seed}"
+
+
+def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
+    """Train one run unless it finished with the same resolved config; returns (run dir, trained now).
+    A finished run made with other settings is moved aside to <run>.old, never silently reused."""
+    from omegaconf import OmegaConf
+
+    from training.train import main as train_main
+
+    name = run_name(cfg, method, seed)
+    run_dir = repo_path(cfg.runs_dir) / name
+    method_cfg = compose_cfg("train", [f"method={method}"]).method
+    if method_cfg.get("precomputed"):
+        from training.precompute import main as precompute_main
+        from training.precompute import precomputed_path
+        if not precomputed_path(train_file, cfg.model.name).exists():
+            precompute_main(compose_cfg("precompute", [f"model={cfg.model.name}", f"data={cfg.data.name}",
+                                                       f"data.train_file={train_file}"]))
+    t = cfg.demo_profile.train
+    overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={method}", "trainer=cpu",
+                 f"seed={seed}", f"run_name={name}", f"out_dir={repo_path(cfg.runs_dir)}",
+                 f"data.train_file={train_file}", f"data.max_length={t.max_length}",
+                 f"trainer.bf16={str(bf16).lower()}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
+    tcfg = compose_cfg("train", overrides)
+    info = run_dir / "run_info.json"
+    if info.exists() and json.loads(info.read_text()).get("finished"):
+        if (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tcfg, resolve=True):
+            print(f"[demo] {name}: already trained", flush=True)
+            timer.skip()
+            return run_dir, False
+        old = run_dir.with_name(name + ".old")
+        print(f"[demo] {name} was trained with other settings: moving it to {old}", flush=True)
+        if old.exists():
+            shutil.rmtree(old)
+        run_dir.rename(old)
+    train_main(tcfg)
+    return run_dir, True
+
+
+def keep_logs(cfg, run_dir: Path) -> Path:
+    """Copy a run's training log (metrics.jsonl: loss, gate, CE of the entropy groups per step), run_info.json and
+    config.yaml to <out_dir>/runs/<run>/, which is committed (runs/ is not): Fig. 4 and the identity of the run
+    for make figures come from there."""
+    dest = repo_path(cfg.out_dir) / "runs" / run_dir.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "run_info.json", "config.yaml"):
+        if (run_dir / name).exists():
+            tmp = dest / (name + ".tmp")
+            shutil.copyfile(run_dir / name, tmp)
+            tmp.replace(dest / name)
+    return dest
+
+
+def _done(metrics: Path, group) -> bool:
+    """True when every benchmark of the group has a result made with the group's limit."""
+    for bench in group.benchmarks:
+        path = metrics / f"{bench}.json"
+        if not path.exists() or json.loads(path.read_text())["settings"].get("limit") != group.limit:
+            return False
+    return True
+
+
+def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: bool = False) -> None:
+    """Every evaluation group of the profile: each is (benchmarks, limit, extra overrides). Unless the model is
+    `fresh` (trained in this invocation), finished groups are skipped; an interrupted group resumes from its items
+    files, which evaluation.items ties to the weights' identity."""
+    from evaluation.evaluate import main as eval_main
+
+    groups = cfg.demo_profile.eval.groups
+    if not fresh and all(_done(repo_path(cfg.metrics_dir) / name, g) for g in groups):
+        print(f"[demo] {name}: already evaluated", flush=True)
+        timer.skip()
+        return
+    for group in groups:
+        overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(group.benchmarks)}]",
+                     f"limit={group.limit}", f"out_dir={repo_path(cfg.metrics_dir)}",
+                     f"dtype={'bfloat16' if bf16 else 'float32'}", *group.get("overrides", [])]
+        eval_main(compose_cfg("eval", overrides))
+
+
+def main(cfg) -> dict:
+    from analysis.demo_report import report
+
+    repo_path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    timer = Timer(repo_path(cfg.out_dir) / "timing.json")
+    t_all = time.time()
+    bf16 = use_bf16(cfg.precision)
+    print(f"[demo] profile={cfg.demo_profile.name} methods={list(cfg.methods)} seeds={list(cfg.seeds)} "
+          f"precision={'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    with timer("set-up (model folder, data, benchmark files)"):
+        train_file = setup(cfg)
+    with timer("mechanism: token statistics of the training data under the base model"):
+        mech = mechanism(cfg, train_file, timer)
+    base = f"demo-{cfg.demo_profile.name}-base"
+    with timer("evaluate the base model"):
+        evaluate(cfg, cfg.model.name, base, bf16, timer)
+    runs = {}
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            name = run_name(cfg, method, seed)
+            with timer(f"train {name}"):
+                run_dir, fresh = train(cfg, method, seed, train_file, bf16, timer)
+                keep_logs(cfg, run_dir)
+            with timer(f"evaluate {name}"):
+                evaluate(cfg, str(run_dir), name, bf16, timer, fresh)
+            runs[name] = {"method": method, "seed": seed}
+    with timer("report"):
+        out = report(cfg, base, runs, mech, timer.stages)
+    timer.stages["total (this invocation)"] = round(time.time() - t_all, 1)
+    timer.save()
+    print(f"\n[demo] done in {(time.time() - t_all) / 60:.1f} min; table: {out['table']}", flush=True)
+    return {**out, "timing": timer.stages, "mechanism": mech}
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(config_path="../configs", config_name="demo", version_base=None)(main)()

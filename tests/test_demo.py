@@ -1,0 +1,87 @@
+"""The demo pipeline end to end on the tiny random model (seconds), and on the real SmolLM2 files (slow tier)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+F = REPO / "tests/fixtures/eval"
+TINY = REPO / "tests/assets/tiny_chat.jsonl"
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    return ["model=tiny", "data=tiny", "demo_profile=tiny", f"out_dir={tmp / 'demo'}", f"runs_dir={tmp / 'runs'}",
+            f"metrics_dir={tmp / 'metrics'}"]
+
+
+def run_demo(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "analysis.demo", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def test_demo_pipeline_on_the_tiny_model(tmp_path):
+    run_demo(*tiny_overrides(tmp_path))
+    out = tmp_path / "demo"
+    table = (out / "table.md").read_text()
+    for needle in ("| base |", "| sft (1 seed) |", "| eaft (1 seed) |", "target NLL/token", "KL to base",
+                   "eaft - sft", "confident-conflict tokens", "Time per stage"):
+        assert needle in table, needle
+    assert (out / "gain_vs_drift.png").stat().st_size > 10_000 and (out / "landscape.png").exists()
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["total (this invocation)"] > 0 and timing["train demo-tiny-eaft-s0"] > 0
+    for run in ("demo-tiny-sft-s0", "demo-tiny-eaft-s0"):  # training logs kept beside the report, for Fig. 4
+        log = (out / "runs" / run / "metrics.jsonl").read_text().splitlines()
+        assert len(log) >= 2 and "ce_high_entropy" in log[0]
+        assert json.loads((out / "runs" / run / "run_info.json").read_text())["method"] == run.split("-")[2]
+    for run in ("demo-tiny-base", "demo-tiny-sft-s0", "demo-tiny-eaft-s0"):
+        names = {p.stem for p in (tmp_path / "metrics" / run).glob("*.json")}
+        assert names == {"target_nll", "gsm8k_heldout", "arc_easy", "general_kl"}, (run, names)
+    # the tuned models drifted from the base, which did not
+    kl = {r: json.loads((tmp_path / "metrics" / r / "general_kl.json").read_text())["value"]
+          for r in ("demo-tiny-base", "demo-tiny-sft-s0")}
+    assert kl["demo-tiny-base"] == 0.0 and kl["demo-tiny-sft-s0"] > 0.0
+    # a second run reuses everything: no training, no new generations
+    again = run_demo(*tiny_overrides(tmp_path))
+    assert again.stdout.count("already trained") == 2 and again.stdout.count("already evaluated") == 3
+    assert "resuming from" not in again.stdout
+    timing = json.loads((out / "timing.json").read_text())
+    assert str(timing["train demo-tiny-eaft-s0"]).endswith("(cached)")
+    # the report re-renders from the committed files alone, as its header says
+    (out / "table.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "analysis.demo_report", *tiny_overrides(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| eaft (1 seed) |" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_make_demo_with_a_reduced_budget_on_smollm2(tmp_path):
+    from conftest import need
+
+    from data_pipeline.assets import SMOLLM2_DIR
+    need("smollm2", (SMOLLM2_DIR / "config.json").exists(), "run `make assets` to build the SmolLM2 folder")
+    run_demo(f"out_dir={tmp_path / 'demo'}", f"runs_dir={tmp_path / 'runs'}", f"metrics_dir={tmp_path / 'm'}",
+             "demo_profile.train.n_examples=16", "demo_profile.mechanism.limit=8",
+             "demo_profile.train.trainer.num_train_epochs=1", *[
+                 f"demo_profile.eval.groups.{i}.limit={n}" for i, n in enumerate(REDUCED_LIMITS.values())])
+    table = (tmp_path / "demo" / "table.md").read_text()
+    assert "| eaft (1 seed) |" in table and "Pearson correlation of top-20" in table
+    assert "KL to base" in table and "GSM8K held-out acc" in table and "arc_easy (%)" in table
+
+
+# Items per evaluation group of the quick profile, in its order, for the reduced slow-tier run.
+REDUCED_LIMITS = {"target_nll": 16, "gsm8k_heldout": 4, "general_kl": 8, "arc_easy,piqa": 40}
+
+
+def test_reduced_limits_follow_the_quick_profile():
+    import yaml
+
+    groups = yaml.safe_load((REPO / "configs/demo_profile/quick.yaml").read_text())["eval"]["groups"]
+    assert [",".join(g["benchmarks"]) for g in groups] == list(REDUCED_LIMITS)
