@@ -36,9 +36,10 @@ from analysis.summaries import (
     topk_correlation,
 )
 from analysis.token_stats import compute, load, read_token_stats
+from data_pipeline.files import sha256_file
 from training.data import build_examples, read_chat_jsonl
 from training.models import load_tokenizer
-from training.precompute import precomputed_path, sha256_file
+from training.precompute import precomputed_path
 
 QUANTILE_COLUMNS = ["entropy", "entropy_top20", "prob", "gate"]
 

@@ -16,8 +16,8 @@ the token-weighted means and its delta-method standard error (evaluation.likelih
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -270,8 +270,8 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
               "## Time per stage (s)", "", "| stage | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" if isinstance(v, str) else f"| {k} | {v:.0f} |" for k, v in timings.items()]
     secs = [float(str(v).split()[0]) for v in timings.values() if re.match(r"^[\d.]+", str(v))]
-    lines += ["", f"Sum of the stages above: {sum(secs):.0f} s ({sum(secs) / 60:.1f} min); \"(cached)\" marks a "
-              "stage this invocation found done, with the time of the run that did it."]
+    lines += ["", (f"Sum of the stages above: {sum(secs):.0f} s ({sum(secs) / 60:.1f} min); \"(cached)\" marks a "
+                   "stage this invocation found done, with the time of the run that did it.")]
     table = out / "table.md"
     out.mkdir(parents=True, exist_ok=True)
     tmp = table.with_suffix(".tmp")

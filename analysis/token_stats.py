@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -40,10 +39,10 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from data_pipeline.files import git_sha, sha256_file
 from training.data import IGNORE_INDEX, ChatCollator, build_examples, read_chat_jsonl
 from training.losses import Tokens, eaft_gate, full_entropy, supervised_tokens, topk_entropy
 from training.models import REPO, load_model, load_tokenizer, resolve
-from training.precompute import sha256_file
 
 META_KEY = b"eaft_token_stats"
 
@@ -178,14 +177,6 @@ def read_token_stats(path: str | Path) -> tuple[pd.DataFrame, dict]:
     if raw is None:
         raise ValueError(f"{path}: not written by analysis.token_stats (no {META_KEY.decode()} metadata)")
     return table.to_pandas(), json.loads(raw)
-
-
-def git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def load(cfg) -> dict:

@@ -16,7 +16,6 @@ stage and shard arguments except stage=generate, which does nothing for them.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -25,18 +24,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipeline import chat_build, math_build
+from data_pipeline.files import git_sha
 from data_pipeline.shards import ShardStore
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "generate", "finalize", "all")
-
-
-def _git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _versions() -> dict:
@@ -81,7 +73,7 @@ def main(cfg) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     extra = {"domain": d["name"], "kind": d["kind"], "command": _command(),
-             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": _git_sha(),
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
         "seed": seed, "packages": _versions(), "settings": {"domain": d, "num_shards": num_shards}}
     summary = {"domain": d["name"], "stage": stage, "out_dir": str(out_dir)}
     limit = int(cfg.get("manifest_max_rejects", 2000))

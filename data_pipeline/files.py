@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -83,3 +86,12 @@ def sha256_file(path: str | Path) -> str:
 def sha256_json(obj) -> str:
     """Hash of a JSON-serialisable object in canonical form (sorted keys): for settings and record lists."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def git_sha() -> str | None:
+    """The repository's HEAD commit, recorded with every run, data build and result; None outside a checkout."""
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None

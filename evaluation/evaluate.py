@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline.files import git_sha
 from evaluation.context import EvalContext
 from evaluation.schema import write_result
 
@@ -110,14 +110,6 @@ def _repo_relative(p: Path) -> str:
         return str(p.resolve().relative_to(REPO))
     except ValueError:
         return str(p)
-
-
-def git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _runner(kind: str, mode: str | None = None):

@@ -21,7 +21,6 @@ answers weigh more but the uncertainty is over conversations, the independent un
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +142,7 @@ def run_likelihood(bench: dict, ctx) -> dict:
     """Benchmark wrapper: reads the local file, honours limit, writes per-item rows, returns the result part."""
     import json
 
+    from data_pipeline.files import sha256_file  # content, not path: ./x and /abs/x share one cache
     from evaluation.harness import select_subset
     from evaluation.items import ItemStore, fingerprint
     from evaluation.sources import choose_source, local_files, read_rows
@@ -176,7 +176,7 @@ def run_likelihood(bench: dict, ctx) -> dict:
 
         # the base model's answers depend on the base model only: cache them for every run compared with it
         cache = ItemStore((ctx.cache_dir or ctx.items_dir) / "general_kl_base_answers.jsonl",
-                          fingerprint({"base": model_fingerprint(ctx.base_model_cfg, ctx.seed), "data": _sha256(path),
+                          fingerprint({"base": model_fingerprint(ctx.base_model_cfg, ctx.seed), "data": sha256_file(path),
                                        "max_new_tokens": settings["max_new_tokens"]}))
         todo = [i for i, k in enumerate(keep) if str(k) not in cache.done]
         if todo:
@@ -202,13 +202,6 @@ def run_likelihood(bench: dict, ctx) -> dict:
     tmp.replace(out)
     return {"metric": metric, "value": value, "stderr": stderr, "n": n, "n_runs": 1, "settings": settings,
             "data_source": str(path), "metrics": metrics}
-
-
-def _sha256(path) -> str:
-    """Content, not path: the same prompts reached through a relative or an absolute path share one cache."""
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _load_base(ctx):

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 def listed() -> list[str]:
     text = (REPO / "README.md").read_text()
-    m = re.search(r"^## Files\n.*?```text\n(.*?)```", text, re.S | re.M)
+    m = re.search(r"^## Files\n.*?```text\n(.*?)```", text, re.DOTALL | re.MULTILINE)
     assert m, "README.md has no '## Files' section with a ```text block"
     return [line.split()[0] for line in m.group(1).splitlines() if line.strip()]
 
@@ -39,5 +39,5 @@ def test_every_tracked_file_is_listed():
 def test_readme_commands_are_make_targets():
     text = (REPO / "README.md").read_text()
     makefile = (REPO / "Makefile").read_text()
-    for target in sorted(set(re.findall(r"^make ([a-z-]+)", text, re.M))):
-        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"README runs `make {target}`; no such target"
+    for target in sorted(set(re.findall(r"^make ([a-z-]+)", text, re.MULTILINE))):
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"README: `make {target}`, no such target"

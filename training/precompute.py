@@ -14,7 +14,6 @@ Writes <data dir>/precomputed/<model name>.json next to the training file:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,17 +22,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from data_pipeline.files import sha256_file
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.losses import supervised_tokens, topk_entropy
 from training.models import load_model, load_tokenizer, resolve
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def precomputed_path(train_file: str | Path, model_name: str) -> Path:

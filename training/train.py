@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,20 +23,13 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from data_pipeline.files import git_sha, sha256_file
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.models import REPO, load_model, load_tokenizer, resolve
 from training.objective import MetricsCallback, Objective, resolve_fused
-from training.precompute import load_precomputed, sha256_file
+from training.precompute import load_precomputed
 
 PACKAGES = ["torch", "transformers", "accelerate", "datasets", "deepspeed", "hydra-core", "lm_eval", "math-verify"]
-
-
-def git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def package_versions() -> dict[str, str | None]:
