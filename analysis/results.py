@@ -58,6 +58,21 @@ def config_names(group: str, configs_dir: Path = REPO / "configs") -> list[str]:
     return sorted(names, key=len, reverse=True)
 
 
+def _norm(path: str) -> str:
+    return str(path).removeprefix("./").rstrip("/")
+
+
+def model_config_by_path(configs_dir: Path = REPO / "configs") -> dict[str, str]:
+    """{name_or_path as written in configs/model/*.yaml: the config's name}."""
+    out = {}
+    for p in (configs_dir / "model").glob("*.yaml"):
+        text = p.read_text()
+        name, path = re.search(r"^name:\s*(\S+)", text, re.MULTILINE), re.search(r"^name_or_path:\s*(\S+)", text, re.MULTILINE)
+        if name and path:
+            out[_norm(path.group(1))] = name.group(1)
+    return out
+
+
 def identify_run(run: str, method: str, runs_dir: Path | list[Path] = REPO / "runs",
                  configs_dir: Path = REPO / "configs") -> dict:
     """{base_model, data, method, seed} of a run name (None where unknown): from run_info.json in the first of
@@ -87,6 +102,9 @@ def load_metrics(metrics_dir: str | Path = REPO / "results/metrics",
     for path in sorted([*metrics_dir.glob("*/*.json"), *metrics_dir.glob("*/checkpoint-*/*.json")]):
         r = read_result(path)
         ident = identify_run(r["run"], r["method"], runs_dir)
+        if r["method"] == "base" and ident["base_model"] not in config_names("model"):
+            # a base model evaluated under another run name (the demo's demo-quick-base): its config by path
+            ident["base_model"] = model_config_by_path().get(_norm(r["model"]), ident["base_model"])
         data = ident["data"]
         rows.append({
             "run": r["run"], "benchmark": r["benchmark"], "metric": r["metric"], "value": float(r["value"]),

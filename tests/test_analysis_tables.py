@@ -132,3 +132,15 @@ def test_checkpoint_results_are_read_with_their_step(tmp_path):
     assert len(df) == 2 and 12.5 in df["value"].tolist()
     assert df.loc[df["value"] == 12.5, "step"].item() == 7
     assert (df["bench_domain"] == "math").all()
+
+
+def test_a_base_model_under_another_run_name_is_found_by_its_path(tmp_path):
+    """The demo evaluates its base model as run `demo-quick-base`: the config is found from the model path."""
+    import json
+
+    r = json.loads((FIX / "qwen3-4b-math-eaft-s1" / "gsm8k.json").read_text())
+    r.update(run="demo-x-base", method="base", model="./data/assets/smollm2-135m-instruct", step=None)
+    r.pop("domain", None)
+    (tmp_path / "demo-x-base").mkdir()
+    (tmp_path / "demo-x-base" / "gsm8k.json").write_text(json.dumps(r))
+    assert load_metrics(tmp_path, NO_RUNS)["base_model"].tolist() == ["smollm2-135m"]
