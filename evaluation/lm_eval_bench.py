@@ -124,9 +124,7 @@ def _vllm_args(ctx) -> dict:
             "dtype": cfg.get("dtype") or "auto", "tensor_parallel_size": ctx.vllm.get("tensor_parallel_size", 1),
             "max_model_len": ctx.vllm.get("max_model_len"), "seed": ctx.seed, "batch_size": "auto",
             "gpu_memory_utilization": ctx.vllm.get("gpu_memory_utilization", 0.9), "enforce_eager": True}
-    from evaluation.vllm_worker import stale_gguf_override
-
-    return args | stale_gguf_override(args["pretrained"])
+    return args
 
 
 def run_lm_eval(bench: dict, ctx) -> dict:
