@@ -158,6 +158,10 @@ def run_name(cfg, method: str, seed: int) -> str:
     return f"demo-{cfg.demo_profile.name}-{method}-s{seed}"
 
 
+def base_run_name(cfg) -> str:
+    return f"demo-{cfg.demo_profile.name}-base"
+
+
 def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
     """Train one run unless it finished with the same resolved config; returns (run dir, trained now).
     A finished run made with other settings is moved aside to <run>.old, never silently reused."""
@@ -249,7 +253,7 @@ def main(cfg) -> dict:
         train_file = setup(cfg)
     with timer("mechanism: token statistics of the training data under the base model"):
         mech = mechanism(cfg, train_file, timer)
-    base = f"demo-{cfg.demo_profile.name}-base"
+    base = base_run_name(cfg)
     with timer("evaluate the base model"):
         evaluate(cfg, cfg.model.name, base, bf16, timer)
     runs = {}

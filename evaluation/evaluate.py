@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipeline.files import git_sha
+from data_pipeline.output import shown  # repository-relative, so committed results read on any clone
 from evaluation.context import EvalContext
 from evaluation.schema import write_result
 
@@ -104,14 +105,6 @@ def resolve_model(spec: str) -> dict:
                             f"folder (looked in {Path.cwd()}, {REPO}, {REPO / 'runs'}), not a Hub id (org/name)")
 
 
-def _repo_relative(p: Path) -> str:
-    """Paths inside the repository are written relative to it, so committed results read on any clone."""
-    try:
-        return str(p.resolve().relative_to(REPO))
-    except ValueError:
-        return str(p)
-
-
 def _runner(kind: str, mode: str | None = None):
     if kind in ("math", "bfcl") or mode == "generate":
         from evaluation.generative import run_generative
@@ -171,7 +164,7 @@ def main(cfg) -> dict:
         result = {"run": run, "model": model_id, "method": m["method"],
                   "benchmark": name, **part, "git_sha": git_sha(),
                   "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  "step": m["step"], "items_file": _repo_relative(ctx.items_dir / f"{name}.jsonl")}
+                  "step": m["step"], "items_file": shown(ctx.items_dir / f"{name}.jsonl")}
         if m["domain"]:
             result["domain"] = m["domain"]
         path = write_result(res_dir / f"{name}.json", result)
