@@ -64,7 +64,7 @@ audit: $(STAMP) ## confident-conflict audit of a data set: make audit MODEL=smol
 	$(PY) -m analysis.audit model=$(MODEL) data=$(DATA) $(ARGS)
 
 demo: $(STAMP) ## the embedded default: SFT vs EAFT on SmolLM2-135M, CPU; FULL=1 for every method x 3 seeds
-	$(PY) -m analysis.demo $(if $(FULL),profile=full,) $(ARGS)
+	$(PY) -m analysis.demo $(if $(FULL),demo_profile=full,) $(ARGS)
 
 bench: $(STAMP) ## loss kernels: time and peak memory vs plain CE
 	$(PY) -m training.bench $(ARGS)

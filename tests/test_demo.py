@@ -85,3 +85,19 @@ def test_reduced_limits_follow_the_quick_profile():
 
     groups = yaml.safe_load((REPO / "configs/demo_profile/quick.yaml").read_text())["eval"]["groups"]
     assert [",".join(g["benchmarks"]) for g in groups] == list(REDUCED_LIMITS)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_make_demo_passes_overrides_the_demo_config_accepts(full):
+    """What `make demo [FULL=1]` hands to analysis.demo composes into the intended profile (FULL=1 once passed a
+    key the config does not have, and failed before doing anything)."""
+    from hydra import compose, initialize_config_dir
+
+    dry = subprocess.run(["make", "-n", "demo", *(["FULL=1"] if full else [])], cwd=REPO, capture_output=True,
+                         text=True, check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
+    line = next(x for x in dry.splitlines() if "analysis.demo" in x)
+    overrides = line.split("analysis.demo", 1)[1].split()
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        cfg = compose("demo", overrides)
+    assert cfg.demo_profile.name == ("full" if full else "quick")
+    assert len(cfg.methods) == (12 if full else 2) and len(cfg.seeds) == (3 if full else 1)

@@ -18,12 +18,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -160,7 +162,27 @@ def wait_for(path: Path, env, job_id: str, logs: Path, timeout: float = 600) -> 
         if time.time() > deadline or jobs(env, job_id)[0]["JobState"] in DONE:
             pytest.fail(f"{path} did not appear; job {jobs(env, job_id)[0]['JobState']}\n"
                         + "\n".join(p.read_text()[-3000:] for p in logs.glob("*.out")))
-        time.sleep(0.2)
+        time.sleep(0.05)
+
+
+def freeze_training(out_dir: Path) -> None:
+    """SIGSTOP the training process of the job writing to out_dir, so that the kill that follows lands at a known
+    step: the tiny model runs several steps in the second SLURM takes to deliver a kill, and a kill that arrives
+    after the next checkpoint (or the last step) tests nothing. Slurm's SIGKILL after KillWait ends it."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        # The worker (python -u -m training.train ...), not torchrun or srun, whose command lines name it too.
+        if f"out_dir={out_dir}" in cmd and "training.train" in cmd and "torch.distributed.run" not in " ".join(cmd):
+            proc.send_signal(signal.SIGSTOP)
+            found.append(proc.pid)
+    assert found, f"no training process writing to {out_dir}"
+
+
+def attempts_resumed(log: Path) -> list[int]:
+    """The checkpoint step each attempt resumed from, from the job's log (--open-mode=append: every attempt)."""
+    return [int(n) for n in re.findall(r"resuming from \S+/checkpoint-(\d+)", log.read_text())] \
+        if log.exists() else []
 
 
 def test_killed_and_requeued_training_resumes_to_the_same_loss(cluster, tmp_path):
@@ -168,30 +190,41 @@ def test_killed_and_requeued_training_resumes_to_the_same_loss(cluster, tmp_path
     logs.mkdir()
     ref = train_job(env, tmp_path, "uninterrupted", logs)  # the second core runs it alongside
     job = train_job(env, tmp_path, "requeued", logs)
-    run = tmp_path / "requeued" / "tiny-tiny-eaft-s42"
+    out = tmp_path / "requeued"
+    run = out / "tiny-tiny-eaft-s42"
 
     # 1. Preemption: the job is killed and put back in the queue right after checkpoint-8 is complete.
     wait_for(run / "checkpoint-8" / "trainer_state.json", env, job, logs)
+    freeze_training(out)
     slurm(env, "scontrol", "requeue", job)
     # What a kill in the middle of a save leaves: a checkpoint folder without trainer_state.json (written last).
-    while jobs(env, job)[0]["JobState"] == "RUNNING":
-        time.sleep(0.2)
+    deadline = time.time() + 120
+    while jobs(env, job)[0]["Restarts"] == "0" and time.time() < deadline:
+        time.sleep(0.1)
     partial = run / "checkpoint-30"
     partial.mkdir()
     (partial / "config.json").write_text("{}")
 
-    # 2. The time-limit path: USR1 to the batch shell (what --signal=B:USR1@300 sends), which requeues the job.
-    wait_for(run / "checkpoint-16" / "trainer_state.json", env, job, logs)
+    # 2. The time-limit path: USR1 to the batch shell (what --signal=B:USR1@300 sends), which requeues the job,
+    # once the second attempt has resumed and written a checkpoint of its own.
+    deadline = time.time() + 600
+    while not (logs_of := list(logs.glob(f"requeued-{job}_*.out"))) or not attempts_resumed(logs_of[0]):
+        if time.time() > deadline or jobs(env, job)[0]["JobState"] in DONE:
+            pytest.fail("the requeued job did not resume:\n" + "\n".join(p.read_text()[-3000:] for p in logs_of))
+        time.sleep(0.1)
+    log = logs_of[0]
+    first = attempts_resumed(log)[0]
+    wait_for(run / f"checkpoint-{first + 4}" / "trainer_state.json", env, job, logs)
+    freeze_training(out)
     slurm(env, "scancel", "--batch", "--signal=USR1", job)
     wait(env, [ref, job], logs, timeout=900)
     assert_completed(env, ref, logs)
     record = assert_completed(env, job, logs)[0]
     assert record["Restarts"] == "2"
 
-    log = next(logs.glob(f"requeued-{job}_*.out")).read_text()  # --open-mode=append: every attempt in one log
-    assert "time limit near: requeueing" in log
-    resumed = [int(n) for n in re.findall(r"resuming from \S+/checkpoint-(\d+)", log)]
-    assert len(resumed) == 2 and 8 <= resumed[0] < 16 <= resumed[1] < 32, resumed  # both kills landed mid-run
+    assert "time limit near: requeueing" in log.read_text()  # --open-mode=append: every attempt in one log
+    resumed = attempts_resumed(log)
+    assert len(resumed) == 2 and 8 <= resumed[0] < resumed[1] < 32, resumed  # both kills landed mid-run
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ref_run = tmp_path / "uninterrupted" / "tiny-tiny-eaft-s42"
     ref_metrics = [json.loads(line) for line in (ref_run / "metrics.jsonl").read_text().splitlines()]
