@@ -3,6 +3,7 @@
     make demo                                   # quick profile: base, SFT, EAFT; ~15 min after set-up
     make demo FULL=1                            # every method x 3 seeds, longer schedule, larger evaluations
     python -m analysis.demo methods=[sft,eaft,dft] demo_profile.train.n_examples=64
+    make demo FULL=1 ARGS=reuse_kept=true       # take runs whose kept log and metrics are committed as done
 
 Stages, each cached on disk so that a re-run (or an interrupted run) skips what is done:
   1. set-up     the SmolLM2 HF folder (data_pipeline.assets), data/math-mini (data_pipeline.build), the offline
@@ -162,11 +163,26 @@ def base_run_name(cfg) -> str:
     return f"demo-{cfg.demo_profile.name}-base"
 
 
+def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
+    """The training.train config of one demo run."""
+    t = cfg.demo_profile.train
+    overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={method}", "trainer=cpu",
+                 f"seed={seed}", f"run_name={run_name(cfg, method, seed)}", f"out_dir={repo_path(cfg.runs_dir)}",
+                 f"data.train_file={train_file}", f"data.max_length={t.max_length}",
+                 f"trainer.bf16={str(bf16).lower()}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
+    return compose_cfg("train", overrides)
+
+
+def same_config(run_dir: Path, tcfg) -> bool:
+    from omegaconf import OmegaConf
+
+    return (run_dir / "config.yaml").exists() and \
+        (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tcfg, resolve=True)
+
+
 def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
     """Train one run unless it finished with the same resolved config; returns (run dir, trained now).
     A finished run made with other settings is moved aside to <run>.old, never silently reused."""
-    from omegaconf import OmegaConf
-
     from training.train import main as train_main
 
     name = run_name(cfg, method, seed)
@@ -178,15 +194,10 @@ def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Time
         if not precomputed_path(train_file, cfg.model.name).exists():
             precompute_main(compose_cfg("precompute", [f"model={cfg.model.name}", f"data={cfg.data.name}",
                                                        f"data.train_file={train_file}"]))
-    t = cfg.demo_profile.train
-    overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={method}", "trainer=cpu",
-                 f"seed={seed}", f"run_name={name}", f"out_dir={repo_path(cfg.runs_dir)}",
-                 f"data.train_file={train_file}", f"data.max_length={t.max_length}",
-                 f"trainer.bf16={str(bf16).lower()}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
-    tcfg = compose_cfg("train", overrides)
+    tcfg = train_cfg(cfg, method, seed, train_file, bf16)
     info = run_dir / "run_info.json"
     if info.exists() and json.loads(info.read_text()).get("finished"):
-        if (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tcfg, resolve=True):
+        if same_config(run_dir, tcfg):
             print(f"[demo] {name}: already trained", flush=True)
             timer.skip()
             return run_dir, False
@@ -197,6 +208,20 @@ def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Time
         run_dir.rename(old)
     train_main(tcfg)
     return run_dir, True
+
+
+def kept_and_evaluated(cfg, method: str, seed: int, train_file: Path, bf16: bool) -> bool:
+    """True when the repository already holds this run, made by this command: its kept log (<out_dir>/runs/<run>/)
+    says it finished with exactly this training config (absolute paths included, so only in a checkout at the
+    same path) and every evaluation group has a result in <metrics_dir>/<run>/. With reuse_kept=true such a run is
+    neither retrained nor re-evaluated: how a run longer than one sitting is finished across fresh checkouts,
+    since runs/ (the weights) is not committed."""
+    name = run_name(cfg, method, seed)
+    kept = repo_path(cfg.out_dir) / "runs" / name
+    info = kept / "run_info.json"
+    return (info.exists() and bool(json.loads(info.read_text()).get("finished"))
+            and same_config(kept, train_cfg(cfg, method, seed, train_file, bf16))
+            and all(_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups))
 
 
 def keep_logs(cfg, run_dir: Path) -> Path:
@@ -260,12 +285,19 @@ def main(cfg) -> dict:
     for seed in cfg.seeds:
         for method in cfg.methods:
             name = run_name(cfg, method, seed)
+            runs[name] = {"method": method, "seed": seed}
+            if cfg.reuse_kept and kept_and_evaluated(cfg, method, seed, train_file, bf16):
+                print(f"[demo] {name}: trained and evaluated before (kept log and metrics; reuse_kept=true)",
+                      flush=True)
+                for stage in (f"train {name}", f"evaluate {name}"):
+                    with timer(stage):
+                        timer.skip()
+                continue
             with timer(f"train {name}"):
                 run_dir, fresh = train(cfg, method, seed, train_file, bf16, timer)
                 keep_logs(cfg, run_dir)
             with timer(f"evaluate {name}"):
                 evaluate(cfg, str(run_dir), name, bf16, timer, fresh)
-            runs[name] = {"method": method, "seed": seed}
     with timer("report"):
         out = report(cfg, base, runs, mech, timer.stages)
     timer.stages["total (this invocation)"] = round(time.time() - t_all, 1)

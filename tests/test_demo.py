@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,16 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| eaft (1 seed) |" in (out / "table.md").read_text()
+    # a fresh checkout holds the kept logs and metrics but no weights: it retrains, unless told to reuse them
+    shutil.rmtree(tmp_path / "runs")
+    reused = run_demo(*tiny_overrides(tmp_path), "reuse_kept=true")
+    assert reused.stdout.count("trained and evaluated before") == 2 and "[train]" not in reused.stdout
+    assert "| eaft (1 seed) |" in (out / "table.md").read_text()
+    (tmp_path / "metrics" / "demo-tiny-eaft-s0" / "general_kl.json").unlink()  # one group missing: that run redone
+    partly = run_demo(*tiny_overrides(tmp_path), "reuse_kept=true")
+    assert partly.stdout.count("trained and evaluated before") == 1
+    assert (tmp_path / "runs" / "demo-tiny-eaft-s0" / "final").is_dir()
+    assert (tmp_path / "metrics" / "demo-tiny-eaft-s0" / "general_kl.json").exists()
 
 
 @pytest.mark.slow
