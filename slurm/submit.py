@@ -76,6 +76,19 @@ def needs_precompute(method: str) -> bool:
     return bool(OmegaConf.load(path).get("precomputed"))
 
 
+def data_needs_gpus(domain: str, data_args: list[str]) -> bool:
+    """Whether the data step serves a teacher on GPUs (teacher.backend: vllm, after any domain.* override in
+    --data-args); the medical and agent sets are prepared from released responses, on CPUs."""
+    from omegaconf import OmegaConf
+
+    path = REPO / "configs" / "domain" / f"{domain}.yaml"
+    if not path.exists():
+        raise SystemExit(f"--data {domain!r}: no {path.relative_to(REPO)} to build it from (or pass --no-build-data)")
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(
+        [a.removeprefix("domain.") for a in data_args if a.startswith("domain.")]))
+    return OmegaConf.select(cfg, "teacher.backend") == "vllm"
+
+
 class Submitter:
     def __init__(self, args, env: dict[str, str]):
         self.args, self.env, self.jobs = args, env, []
@@ -171,8 +184,9 @@ def main(argv=None) -> dict:
     if not args.no_build_data:
         build = [f"domain={args.data}", *([f"out_dir={args.data_dir}"] if args.data_dir else []),
                  *shlex.split(args.data_args)]
+        data_gpus = gpus(g) if data_needs_gpus(args.data, shlex.split(args.data_args)) else []
         shards = s.sbatch(f"data-{args.data}", "data.sbatch", build, after=ready,
-                          array=args.data_shards, resources=[*gpus(g), *res["data"]])
+                          array=args.data_shards, resources=[*data_gpus, *res["data"]])
         final = s.sbatch(f"data-{args.data}-finalize", "data.sbatch",
                          [*build, "stage=finalize", f"num_shards={args.data_shards}"], after=[shards],
                          resources=res["cpu"])
