@@ -37,6 +37,7 @@ from analysis.summaries import (
 )
 from analysis.token_stats import compute, load, read_token_stats
 from data_pipeline.files import sha256_file
+from data_pipeline.output import shown
 from training.data import build_examples, read_chat_jsonl
 from training.models import load_tokenizer
 from training.precompute import precomputed_path
@@ -166,7 +167,7 @@ READING = (
 def render(rep: dict) -> str:
     t, m = rep["topk_correlation"], rep["masked_sft"]
     lines = [f"# Confident-conflict audit: {rep['model']} on {rep['data']}", "",
-             (f"Data: `{rep['data_file']}`, {rep['examples']} examples scored ({rep['rows']} rows read), "
+             (f"Data: `{shown(rep['data_file'])}`, {rep['examples']} examples scored ({rep['rows']} rows read), "
               f"{rep['conflicts']['tokens']:,} supervised tokens."),
              "", "## Confident conflicts (H < 0.5 nats and p < 0.1)", "", *conflict_lines(rep),
              "", "## Quantiles", "", *quantile_lines(rep),
