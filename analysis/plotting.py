@@ -41,14 +41,17 @@ def method_color(m: str) -> str:
 
 
 def save(fig, stem: str | Path, formats=("png", "pdf")) -> list[Path]:
-    """Write fig to <stem>.<fmt> for each format, atomically; close it. Returns the paths."""
+    """Write fig to <stem>.<fmt> for each format, atomically; close it. Returns the paths. No creation date or
+    software version in the files, so re-rendering unchanged inputs leaves the committed figures unchanged."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        fig.savefig(tmp, format=fmt)
+        meta = {"pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+                "png": {"Software": None}}.get(fmt)
+        fig.savefig(tmp, format=fmt, metadata=meta)
         tmp.replace(path)
         paths.append(path)
     plt.close(fig)

@@ -112,3 +112,24 @@ def test_make_demo_passes_overrides_the_demo_config_accepts(full):
         cfg = compose("demo", overrides)
     assert cfg.demo_profile.name == ("full" if full else "quick")
     assert len(cfg.methods) == (12 if full else 2) and len(cfg.seeds) == (3 if full else 1)
+
+
+def test_every_method_against_sft_is_averaged_over_seeds():
+    import pandas as pd
+
+    from analysis.demo_report import against_sft
+
+    comp = pd.DataFrame([
+        {"column": "general_kl", "what": "eaft - sft", "seed": 0, "diff": 0.03, "stderr": 0.004, "n": 64},
+        {"column": "general_kl", "what": "eaft - sft", "seed": 1, "diff": 0.01, "stderr": 0.003, "n": 64},
+        {"column": "general_kl", "what": "dft - sft", "seed": 0, "diff": -0.002, "stderr": 0.004, "n": 64},
+        {"column": "general_kl", "what": "dft - base", "seed": 0, "diff": 0.1, "stderr": 0.01, "n": 64},
+        {"column": "target_nll", "what": "eaft - sft", "seed": 0, "diff": 0.01, "stderr": 0.02, "n": 100},
+    ])
+    lines = against_sft(comp)
+    assert lines[0].startswith("| method − SFT | seeds | target NLL ↓ | KL to base ↓ |")
+    eaft, dft = lines[2], lines[3]
+    assert eaft.startswith("| eaft | 2 |") and "+0.020 ± 0.003*" in eaft  # mean 0.02, SE sqrt(16+9)e-3/2 = 0.0025
+    assert "+0.010 ± 0.020 |" in eaft  # one seed, within 2 SE: no star
+    assert dft.startswith("| dft | 1 | – |") and "-0.002 ± 0.004 |" in dft
+    assert not any("| sft |" in line for line in lines)
