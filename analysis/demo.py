@@ -221,7 +221,7 @@ def kept_and_evaluated(cfg, method: str, seed: int, train_file: Path, bf16: bool
     info = kept / "run_info.json"
     return (info.exists() and bool(json.loads(info.read_text()).get("finished"))
             and same_config(kept, train_cfg(cfg, method, seed, train_file, bf16))
-            and all(_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups))
+            and all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups))
 
 
 def keep_logs(cfg, run_dir: Path) -> Path:
@@ -238,7 +238,7 @@ def keep_logs(cfg, run_dir: Path) -> Path:
     return dest
 
 
-def _done(metrics: Path, group) -> bool:
+def group_done(metrics: Path, group) -> bool:
     """True when every benchmark of the group has a result made with the group's limit."""
     for bench in group.benchmarks:
         path = metrics / f"{bench}.json"
@@ -254,7 +254,7 @@ def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: b
     from evaluation.evaluate import main as eval_main
 
     groups = cfg.demo_profile.eval.groups
-    if not fresh and all(_done(repo_path(cfg.metrics_dir) / name, g) for g in groups):
+    if not fresh and all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in groups):
         print(f"[demo] {name}: already evaluated", flush=True)
         timer.skip()
         return

@@ -1,7 +1,8 @@
 """The demo's table, figure and verdict, from results/metrics (no model needed).
 
     python -m analysis.demo_report                     # re-render results/demo from the existing metrics
-    python -m analysis.demo_report demo_profile=full   # the full profile's (results/demo/full)
+    python -m analysis.demo_report demo_profile=full   # the full profile's (results/demo/full); while it is
+                                                       # still running, from the runs evaluated so far
 
 Columns: target = held-out GSM8K items the model never trained on (mean NLL per token of the reference solutions;
 greedy accuracy graded with math-verify); general = the `mini` multiple-choice suite (accuracy, %) and drift from
@@ -267,8 +268,10 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
     return fig
 
 
-def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str, float]) -> dict:
-    """Write <out_dir>/table.md and gain_vs_drift.{png,pdf}; print the table."""
+def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str, float],
+           missing: list[str] = ()) -> dict:
+    """Write <out_dir>/table.md and gain_vs_drift.{png,pdf}; print the table. `missing`: runs of the profile not
+    evaluated yet (a report of a run in progress says so at the top)."""
     from analysis.plotting import save
 
     metrics_dir = Path(cfg.metrics_dir) if Path(cfg.metrics_dir).is_absolute() else REPO / cfg.metrics_dir
@@ -281,6 +284,9 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
              f"Command: `{cfg.demo_profile.command}`. Every number below was produced by that command; "
              "re-render with `python -m analysis.demo_report"
              + ("" if cfg.demo_profile.name == "quick" else f" demo_profile={cfg.demo_profile.name}") + "`.", "",
+             *([f"**Partial: {len(runs)} of {len(runs) + len(missing)} runs evaluated so far.** Not yet: "
+                + ", ".join(f"`{r}`" for r in missing) + f". `{cfg.demo_profile.command}` resumes where it "
+                "stopped; seed counts below say how many runs each row has.", ""] if missing else []),
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in method_rows(df, cols)]
     n = {c: next((r["n"] for r in loaded[base].values() if r["benchmark"] == c), None) for c in cols}
@@ -327,13 +333,20 @@ def main(cfg) -> dict:
     missing = [f for f in ("mechanism.json", "timing.json") if not (out / f).exists()]
     if missing:
         raise FileNotFoundError(f"{out}: no {', '.join(missing)}; run `{cfg.demo_profile.command}` first")
-    from analysis.demo import base_run_name, run_name
+    from analysis.demo import base_run_name, group_done, repo_path, run_name
 
     runs = {run_name(cfg, m, s): {"method": m, "seed": s} for s in cfg.seeds for m in cfg.methods}
+    groups = cfg.demo_profile.eval.groups
+    evaluated = {r: meta for r, meta in runs.items()
+                 if all(group_done(repo_path(cfg.metrics_dir) / r, g) for g in groups)}
+    if not evaluated:
+        raise FileNotFoundError(f"no run of profile {cfg.demo_profile.name} is evaluated yet under "
+                                f"{cfg.metrics_dir}; run `{cfg.demo_profile.command}` first")
     mech = json.loads((out / "mechanism.json").read_text())
     timings = {k: v for k, v in json.loads((out / "timing.json").read_text()).items()
                if k not in ("report", "total (this invocation)")}
-    return report(cfg, base_run_name(cfg), runs, mech, timings)
+    return report(cfg, base_run_name(cfg), evaluated, mech, timings,
+                  missing=[r for r in runs if r not in evaluated])
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
     assert reused.stdout.count("trained and evaluated before") == 2 and "[train]" not in reused.stdout
     assert "| eaft (1 seed) |" in (out / "table.md").read_text()
     (tmp_path / "metrics" / "demo-tiny-eaft-s0" / "general_kl.json").unlink()  # one group missing: that run redone
+    proc = subprocess.run([sys.executable, "-m", "analysis.demo_report", *tiny_overrides(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a run in progress: the report of what is evaluated so far
+    partial = (out / "table.md").read_text()
+    assert "Partial: 1 of 2 runs" in partial and "`demo-tiny-eaft-s0`" in partial and "| eaft" not in partial
     partly = run_demo(*tiny_overrides(tmp_path), "reuse_kept=true")
     assert partly.stdout.count("trained and evaluated before") == 1
     assert (tmp_path / "runs" / "demo-tiny-eaft-s0" / "final").is_dir()
