@@ -268,8 +268,20 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
     return fig
 
 
+def not_yet(missing: dict[str, dict], n_methods: int) -> str:
+    """"seed 0: dft, flow; seeds 1, 2: every method" from {run: {method, seed}}."""
+    by_seed: dict[int, list[str]] = {}
+    for meta in missing.values():
+        by_seed.setdefault(meta["seed"], []).append(meta["method"])
+    every = [s for s, ms in by_seed.items() if len(ms) == n_methods]
+    parts = [f"seed {s}: {', '.join(ms)}" for s, ms in by_seed.items() if s not in every]
+    if every:
+        parts.append(f"seed{'s' if len(every) > 1 else ''} {', '.join(map(str, every))}: every method")
+    return "; ".join(parts)
+
+
 def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str, float],
-           missing: list[str] = ()) -> dict:
+           missing: dict[str, dict] | None = None) -> dict:
     """Write <out_dir>/table.md and gain_vs_drift.{png,pdf}; print the table. `missing`: runs of the profile not
     evaluated yet (a report of a run in progress says so at the top)."""
     from analysis.plotting import save
@@ -285,7 +297,7 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
              "re-render with `python -m analysis.demo_report"
              + ("" if cfg.demo_profile.name == "quick" else f" demo_profile={cfg.demo_profile.name}") + "`.", "",
              *([f"**Partial: {len(runs)} of {len(runs) + len(missing)} runs evaluated so far.** Not yet: "
-                + ", ".join(f"`{r}`" for r in missing) + f". `{cfg.demo_profile.command}` resumes where it "
+                + not_yet(missing, len(cfg.methods)) + f". `{cfg.demo_profile.command}` resumes where it "
                 "stopped; seed counts below say how many runs each row has.", ""] if missing else []),
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in method_rows(df, cols)]
@@ -346,7 +358,7 @@ def main(cfg) -> dict:
     timings = {k: v for k, v in json.loads((out / "timing.json").read_text()).items()
                if k not in ("report", "total (this invocation)")}
     return report(cfg, base_run_name(cfg), evaluated, mech, timings,
-                  missing=[r for r in runs if r not in evaluated])
+                  missing={r: meta for r, meta in runs.items() if r not in evaluated})
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]  # a run in progress: the report of what is evaluated so far
     partial = (out / "table.md").read_text()
-    assert "Partial: 1 of 2 runs" in partial and "`demo-tiny-eaft-s0`" in partial and "| eaft" not in partial
+    assert "Partial: 1 of 2 runs evaluated so far.** Not yet: seed 0: eaft." in partial and "| eaft" not in partial
     partly = run_demo(*tiny_overrides(tmp_path), "reuse_kept=true")
     assert partly.stdout.count("trained and evaluated before") == 1
     assert (tmp_path / "runs" / "demo-tiny-eaft-s0" / "final").is_dir()
