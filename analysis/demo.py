@@ -221,7 +221,7 @@ def kept_and_evaluated(cfg, method: str, seed: int, train_file: Path, bf16: bool
     info = kept / "run_info.json"
     return (info.exists() and bool(json.loads(info.read_text()).get("finished"))
             and same_config(kept, train_cfg(cfg, method, seed, train_file, bf16))
-            and all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups))
+            and evaluated(cfg, name))
 
 
 def keep_logs(cfg, run_dir: Path) -> Path:
@@ -247,18 +247,22 @@ def group_done(metrics: Path, group) -> bool:
     return True
 
 
+def evaluated(cfg, name: str) -> bool:
+    """True when every evaluation group of the profile has a result for this run (or base model)."""
+    return all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups)
+
+
 def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: bool = False) -> None:
     """Every evaluation group of the profile: each is (benchmarks, limit, extra overrides). Unless the model is
     `fresh` (trained in this invocation), finished groups are skipped; an interrupted group resumes from its items
     files, which evaluation.items ties to the weights' identity."""
     from evaluation.evaluate import main as eval_main
 
-    groups = cfg.demo_profile.eval.groups
-    if not fresh and all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in groups):
+    if not fresh and evaluated(cfg, name):
         print(f"[demo] {name}: already evaluated", flush=True)
         timer.skip()
         return
-    for group in groups:
+    for group in cfg.demo_profile.eval.groups:
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(group.benchmarks)}]",
                      f"limit={group.limit}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *group.get("overrides", [])]

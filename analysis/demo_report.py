@@ -345,20 +345,18 @@ def main(cfg) -> dict:
     missing = [f for f in ("mechanism.json", "timing.json") if not (out / f).exists()]
     if missing:
         raise FileNotFoundError(f"{out}: no {', '.join(missing)}; run `{cfg.demo_profile.command}` first")
-    from analysis.demo import base_run_name, group_done, repo_path, run_name
+    from analysis.demo import base_run_name, evaluated, run_name
 
     runs = {run_name(cfg, m, s): {"method": m, "seed": s} for s in cfg.seeds for m in cfg.methods}
-    groups = cfg.demo_profile.eval.groups
-    evaluated = {r: meta for r, meta in runs.items()
-                 if all(group_done(repo_path(cfg.metrics_dir) / r, g) for g in groups)}
-    if not evaluated:
+    done = {r: meta for r, meta in runs.items() if evaluated(cfg, r)}
+    if not done:
         raise FileNotFoundError(f"no run of profile {cfg.demo_profile.name} is evaluated yet under "
                                 f"{cfg.metrics_dir}; run `{cfg.demo_profile.command}` first")
     mech = json.loads((out / "mechanism.json").read_text())
     timings = {k: v for k, v in json.loads((out / "timing.json").read_text()).items()
                if k not in ("report", "total (this invocation)")}
-    return report(cfg, base_run_name(cfg), evaluated, mech, timings,
-                  missing={r: meta for r, meta in runs.items() if r not in evaluated})
+    return report(cfg, base_run_name(cfg), done, mech, timings,
+                  missing={r: meta for r, meta in runs.items() if r not in done})
 
 
 if __name__ == "__main__":
