@@ -269,7 +269,7 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
 
 
 def not_yet(missing: dict[str, dict], n_methods: int) -> str:
-    """"seed 0: dft, flow; seeds 1, 2: every method" from {run: {method, seed}}."""
+    """The runs not evaluated yet, by seed ("seed 0: dft, flow; seeds 1, 2: every method")."""
     by_seed: dict[int, list[str]] = {}
     for meta in missing.values():
         by_seed.setdefault(meta["seed"], []).append(meta["method"])

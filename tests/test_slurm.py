@@ -156,13 +156,18 @@ def train_job(env, tmp_path, name: str, logs: Path) -> str:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
 
 
-def wait_for(path: Path, env, job_id: str, logs: Path, timeout: float = 600) -> None:
+def wait_until(done, what: str, env, job_id: str, logs: Path, timeout: float = 600) -> None:
+    """Poll done() until true; fail with the job's state and the logs' tails on a timeout or if the job ended."""
     deadline = time.time() + timeout
-    while not path.exists():
+    while not done():
         if time.time() > deadline or jobs(env, job_id)[0]["JobState"] in DONE:
-            pytest.fail(f"{path} did not appear; job {jobs(env, job_id)[0]['JobState']}\n"
+            pytest.fail(f"{what}; job {jobs(env, job_id)[0]['JobState']}\n"
                         + "\n".join(p.read_text()[-3000:] for p in logs.glob("*.out")))
         time.sleep(0.05)
+
+
+def wait_for(path: Path, env, job_id: str, logs: Path, timeout: float = 600) -> None:
+    wait_until(path.exists, f"{path} did not appear", env, job_id, logs, timeout)
 
 
 def freeze_training(out_dir: Path) -> None:
@@ -207,13 +212,11 @@ def test_killed_and_requeued_training_resumes_to_the_same_loss(cluster, tmp_path
 
     # 2. The time-limit path: USR1 to the batch shell (what --signal=B:USR1@300 sends), which requeues the job,
     # once the second attempt has resumed and written a checkpoint of its own.
-    deadline = time.time() + 600
-    while not (logs_of := list(logs.glob(f"requeued-{job}_*.out"))) or not attempts_resumed(logs_of[0]):
-        if time.time() > deadline or jobs(env, job)[0]["JobState"] in DONE:
-            pytest.fail("the requeued job did not resume:\n" + "\n".join(p.read_text()[-3000:] for p in logs_of))
-        time.sleep(0.1)
-    log = logs_of[0]
-    first = attempts_resumed(log)[0]
+    def log() -> Path:  # logs/%x-%A_%a.out; %a of a job that is not an array depends on the SLURM version
+        return next(logs.glob(f"requeued-{job}_*.out"), logs / "none")
+
+    wait_until(lambda: attempts_resumed(log()), "the requeued job did not resume", env, job, logs)
+    first = attempts_resumed(log())[0]
     wait_for(run / f"checkpoint-{first + 4}" / "trainer_state.json", env, job, logs)
     freeze_training(out)
     slurm(env, "scancel", "--batch", "--signal=USR1", job)
@@ -222,8 +225,8 @@ def test_killed_and_requeued_training_resumes_to_the_same_loss(cluster, tmp_path
     record = assert_completed(env, job, logs)[0]
     assert record["Restarts"] == "2"
 
-    assert "time limit near: requeueing" in log.read_text()  # --open-mode=append: every attempt in one log
-    resumed = attempts_resumed(log)
+    assert "time limit near: requeueing" in log().read_text()  # --open-mode=append: every attempt in one log
+    resumed = attempts_resumed(log())
     assert len(resumed) == 2 and 8 <= resumed[0] < resumed[1] < 32, resumed  # both kills landed mid-run
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ref_run = tmp_path / "uninterrupted" / "tiny-tiny-eaft-s42"
