@@ -240,7 +240,13 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
 
     base = df[df.method == "base"].iloc[0]
     runs = df[df.method != "base"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    # A method whose tuned models are worse on the target than the base (mean gain < 0: it failed to learn) would
+    # stretch the axes until the methods that learned overlap; it is named under the figure instead.
+    gain = (base[TARGET_NLL] - runs[TARGET_NLL]).groupby(runs.method, sort=False).mean()
+    failed = [m for m, v in gain.items() if v < 0] if (gain >= 0).any() else []
+    off = runs[runs.method.isin(failed)]
+    runs = runs[~runs.method.isin(failed)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2 if off.empty else 4.6))
     panels = [(DRIFT, "general drift: KL(tuned || base) per token ↓"),
               ("mini_avg", "general accuracy change: mini suite (points) ↑")]
     for ax, (col, ylabel) in zip(axes, panels):
@@ -264,7 +270,17 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
     fig.suptitle(title_text)
-    fig.tight_layout()
+    if not off.empty:
+        notes = []
+        for method, g in off.groupby("method", sort=False):
+            kl = f", KL {g[DRIFT].mean():.3f}" if DRIFT in g else ""
+            mini = f", mini {(g['mini_avg'] - base['mini_avg']).mean():+.1f} pts" if "mini_avg" in g else ""
+            notes.append(f"{method_name(method)} (gain {(base[TARGET_NLL] - g[TARGET_NLL]).mean():+.2f}{kl}{mini})")
+        fig.text(0.5, 0.01, "Not drawn, target NLL worse than the base: " + "; ".join(notes), ha="center",
+                 fontsize=8)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -302,7 +318,8 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in method_rows(df, cols)]
     n = {c: next((r["n"] for r in loaded[base].values() if r["benchmark"] == c), None) for c in cols}
-    lines += ["", "n per column (items): " + ", ".join(f"{c} {v}" for c, v in n.items() if v), ""]
+    lines += ["", "n per column (items): " + ", ".join(f"{c} {v}" for c, v in n.items() if v) + ". Cells: value "
+              "± standard error over items for one run; mean ± std over seeds for a row with seeds.", ""]
     comp = pd.DataFrame(comparisons(loaded, base, runs))
     if len({m["method"] for m in runs.values()}) > 2:
         lines += ["## Every method against SFT", "",

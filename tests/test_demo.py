@@ -138,3 +138,26 @@ def test_every_method_against_sft_is_averaged_over_seeds():
     assert "+0.010 ± 0.020 |" in eaft  # one seed, within 2 SE: no star
     assert dft.startswith("| dft | 1 | – |") and "-0.002 ± 0.004 |" in dft
     assert not any("| sft |" in line for line in lines)
+
+
+def test_a_method_that_failed_to_learn_is_named_under_the_figure_not_drawn():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from analysis.demo_report import gain_drift_figure
+
+    df = pd.DataFrame([
+        {"method": "base", "seed": None, "target_nll": 1.3, "general_kl": 0.0, "mini_avg": 54.0},
+        {"method": "sft", "seed": 0, "target_nll": 0.86, "general_kl": 0.13, "mini_avg": 55.0},
+        {"method": "eaft", "seed": 0, "target_nll": 0.85, "general_kl": 0.16, "mini_avg": 54.5},
+        {"method": "talr", "seed": 0, "target_nll": 5.2, "general_kl": 0.35, "mini_avg": 51.0},
+    ])
+    fig = gain_drift_figure(df, "t")
+    xs = [x for line in fig.axes[0].get_lines() for x in line.get_xdata()]
+    assert min(xs) > 0.4  # only sft and eaft are drawn: gains 0.44 and 0.45, not talr's -3.9
+    notes = [t.get_text() for t in fig.texts]
+    assert any("TALR (gain -3.90, KL 0.350, mini -3.0 pts)" in t for t in notes), notes
+
+    learned = gain_drift_figure(df[df.method != "talr"], "t")  # nothing failed: no note
+    assert not any(t.get_text().startswith("Not drawn") for t in learned.texts)
