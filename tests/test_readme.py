@@ -41,3 +41,18 @@ def test_readme_commands_are_make_targets():
     makefile = (REPO / "Makefile").read_text()
     for target in sorted(set(re.findall(r"^make ([a-z-]+)", text, re.MULTILINE))):
         assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"README: `make {target}`, no such target"
+
+
+@pytest.mark.parametrize("method, label", [("eaft", "EAFT"), ("eaft_sig", "EAFT-sigmoid"), ("mile", "MiLe"),
+                                           ("sft_kl", "SFT-KL"), ("flow", "FLOW")])
+def test_readme_full_demo_rows_are_the_committed_report(method, label):
+    """The README's table of the full demo quotes results/demo/full/table.md (written by `make demo FULL=1`), not
+    numbers typed by hand: each method's row has the same seeds and differences as the report's row."""
+    report = (REPO / "results/demo/full/table.md").read_text()
+    row = re.search(rf"^\| {method} \| (\d+) \| ([^|]+) \| [^|]+ \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", report,
+                    re.MULTILINE)
+    assert row, f"results/demo/full/table.md has no '{method}' row against SFT"
+    seeds, nll, mini, kl, base_nll = (c.strip().rstrip("*").replace("-", "−") for c in row.groups())
+    readme = (REPO / "README.md").read_text()
+    expected = f"| {label} | {seeds} | {nll} | {kl} | {base_nll} | {mini} |"
+    assert expected in readme, f"README.md's full-demo row for {label} should read: {expected}"
