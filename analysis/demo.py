@@ -207,7 +207,19 @@ def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Time
             shutil.rmtree(old)
         run_dir.rename(old)
     train_main(tcfg)
+    if not cfg.keep_checkpoints:
+        drop_checkpoints(run_dir)
     return run_dir, True
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete a finished run's checkpoint-* folders: they only resume an unfinished run, and the demo evaluates
+    final/. Kept when the run did not finish or final/ is missing."""
+    info = run_dir / "run_info.json"
+    if not (info.exists() and json.loads(info.read_text()).get("finished") and (run_dir / "final").is_dir()):
+        return
+    for ckpt in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
 
 
 def kept_and_evaluated(cfg, method: str, seed: int, train_file: Path, bf16: bool) -> bool:

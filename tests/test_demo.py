@@ -41,6 +41,8 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
         log = (out / "runs" / run / "metrics.jsonl").read_text().splitlines()
         assert len(log) >= 2 and "ce_high_entropy" in log[0]
         assert json.loads((out / "runs" / run / "run_info.json").read_text())["method"] == run.split("-")[2]
+        # a finished run keeps its model, not its resume checkpoints (keep_checkpoints: false)
+        assert (tmp_path / "runs" / run / "final").is_dir() and not list((tmp_path / "runs" / run).glob("checkpoint-*"))
     for run in ("demo-tiny-base", "demo-tiny-sft-s0", "demo-tiny-eaft-s0"):
         names = {p.stem for p in (tmp_path / "metrics" / run).glob("*.json")}
         assert names == {"target_nll", "gsm8k_heldout", "arc_easy", "general_kl"}, (run, names)
