@@ -239,10 +239,10 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
     from analysis.plotting import method_color, method_name
 
     base = df[df.method == "base"].iloc[0]
-    runs = df[df.method != "base"]
+    runs = df[df.method != "base"].assign(gain=lambda d: base[TARGET_NLL] - d[TARGET_NLL])
     # A method whose tuned models are worse on the target than the base (mean gain < 0: it failed to learn) would
     # stretch the axes until the methods that learned overlap; it is named under the figure instead.
-    gain = (base[TARGET_NLL] - runs[TARGET_NLL]).groupby(runs.method, sort=False).mean()
+    gain = runs.groupby("method", sort=False)["gain"].mean()
     failed = [m for m, v in gain.items() if v < 0] if (gain >= 0).any() else []
     off = runs[runs.method.isin(failed)]
     runs = runs[~runs.method.isin(failed)]
@@ -254,7 +254,7 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
             ax.set_visible(False)
             continue
         for method, g in runs.groupby("method", sort=False):
-            x = base[TARGET_NLL] - g[TARGET_NLL]
+            x = g["gain"]
             y = g[col] - (base[col] if col == "mini_avg" else 0.0)
             xerr = g.get(TARGET_NLL + "_se") if len(g) == 1 else None
             yerr = g.get(col + "_se") if len(g) == 1 and col != "mini_avg" else None
@@ -275,7 +275,7 @@ def gain_drift_figure(df: pd.DataFrame, title_text: str):
         for method, g in off.groupby("method", sort=False):
             kl = f", KL {g[DRIFT].mean():.3f}" if DRIFT in g else ""
             mini = f", mini {(g['mini_avg'] - base['mini_avg']).mean():+.1f} pts" if "mini_avg" in g else ""
-            notes.append(f"{method_name(method)} (gain {(base[TARGET_NLL] - g[TARGET_NLL]).mean():+.2f}{kl}{mini})")
+            notes.append(f"{method_name(method)} (gain {g['gain'].mean():+.2f}{kl}{mini})")
         fig.text(0.5, 0.01, "Not drawn, target NLL worse than the base: " + "; ".join(notes), ha="center",
                  fontsize=8)
         fig.tight_layout(rect=(0, 0.04, 1, 1))
