@@ -173,6 +173,12 @@ def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
     return compose_cfg("train", overrides)
 
 
+def finished(run_dir: Path) -> bool:
+    """True when the run's run_info.json (written by training.train at the end) says it finished."""
+    info = run_dir / "run_info.json"
+    return info.exists() and bool(json.loads(info.read_text()).get("finished"))
+
+
 def same_config(run_dir: Path, tcfg) -> bool:
     from omegaconf import OmegaConf
 
@@ -195,8 +201,7 @@ def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Time
             precompute_main(compose_cfg("precompute", [f"model={cfg.model.name}", f"data={cfg.data.name}",
                                                        f"data.train_file={train_file}"]))
     tcfg = train_cfg(cfg, method, seed, train_file, bf16)
-    info = run_dir / "run_info.json"
-    if info.exists() and json.loads(info.read_text()).get("finished"):
+    if finished(run_dir):
         if same_config(run_dir, tcfg):
             print(f"[demo] {name}: already trained", flush=True)
             timer.skip()
@@ -215,8 +220,7 @@ def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Time
 def drop_checkpoints(run_dir: Path) -> None:
     """Delete a finished run's checkpoint-* folders: they only resume an unfinished run, and the demo evaluates
     final/. Kept when the run did not finish or final/ is missing."""
-    info = run_dir / "run_info.json"
-    if not (info.exists() and json.loads(info.read_text()).get("finished") and (run_dir / "final").is_dir()):
+    if not (finished(run_dir) and (run_dir / "final").is_dir()):
         return
     for ckpt in run_dir.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
@@ -230,9 +234,7 @@ def kept_and_evaluated(cfg, method: str, seed: int, train_file: Path, bf16: bool
     since runs/ (the weights) is not committed."""
     name = run_name(cfg, method, seed)
     kept = repo_path(cfg.out_dir) / "runs" / name
-    info = kept / "run_info.json"
-    return (info.exists() and bool(json.loads(info.read_text()).get("finished"))
-            and same_config(kept, train_cfg(cfg, method, seed, train_file, bf16))
+    return (finished(kept) and same_config(kept, train_cfg(cfg, method, seed, train_file, bf16))
             and evaluated(cfg, name))
 
 
