@@ -25,6 +25,7 @@ from data_pipeline.files import git_sha
 from data_pipeline.output import shown  # repository-relative, so committed results read on any clone
 from evaluation.context import EvalContext
 from evaluation.schema import write_result
+from training.checkpoints import newest_verified, step_of, verify
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("math", "medical", "agent")
@@ -78,11 +79,20 @@ def resolve_model(spec: str) -> dict:
             if (d / "final" / "config.json").exists():
                 info = json.loads((d / "run_info.json").read_text()) if (d / "run_info.json").exists() else {}
                 return _from_run(d, d / "final", info.get("global_step"))
-            ckpts = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            if not ckpts:
-                raise FileNotFoundError(f"run {d} has neither final/ nor checkpoint-*/ to evaluate; train it first")
-            return _from_run(d, ckpts[-1], int(ckpts[-1].name.split("-")[-1]))
+            ckpt, skipped = newest_verified(d)
+            for bad, reason in skipped:
+                print(f"[eval] skipping {bad}: {reason}", file=sys.stderr)
+            if ckpt is None:
+                raise FileNotFoundError(f"run {d} has neither final/ nor a complete checkpoint-*/ to evaluate"
+                                        f"{' (all incomplete, see above)' if skipped else ''}; train it first")
+            print(f"[eval] {d.name} has no final/: evaluating its newest complete checkpoint, {ckpt.name}",
+                  file=sys.stderr)
+            return _from_run(d, ckpt, step_of(ckpt))
         if (d.parent / "config.yaml").exists() and re.fullmatch(r"checkpoint-\d+|final", d.name):
+            reason = verify(d) if d.name != "final" else None
+            if reason:
+                raise ValueError(f"{d} is not a complete checkpoint: {reason}. Evaluate the run ({d.parent}) to "
+                                 "take its newest complete checkpoint, or name another one")
             step = int(d.name.split("-")[1]) if d.name != "final" else None
             if step is None and (d.parent / "run_info.json").exists():
                 step = json.loads((d.parent / "run_info.json").read_text()).get("global_step")

@@ -104,7 +104,8 @@ def test_aime24_keeps_only_2024_from_the_hub_set(monkeypatch, tmp_path):
 
 
 def fake_run(tmp_path):
-    """A run directory as training.train leaves it: config.yaml, checkpoint-3/ (no tokenizer), final/."""
+    """A run directory as training.train leaves it: config.yaml, checkpoint-3/ (no tokenizer, marked complete),
+    final/."""
     run = tmp_path / "runs" / "tiny-math-mini-eaft-s1"
     mcfg = yaml.safe_load((REPO / "configs" / "model" / "tiny.yaml").read_text())
     for k in ("name_or_path", "tokenizer"):
@@ -117,6 +118,10 @@ def fake_run(tmp_path):
     torch.manual_seed(1)  # different weights from the base (seed 0): KL > 0
     model, tok = load_for_generation(mcfg)
     model.save_pretrained(run / "checkpoint-3")
+    (run / "checkpoint-3" / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    from training.checkpoints import write_marker
+
+    write_marker(run / "checkpoint-3")  # training.train marks every checkpoint it finished saving
     model.save_pretrained(run / "final")
     tok.save_pretrained(run / "final")
     (run / "run_info.json").write_text(json.dumps({"global_step": 6}))

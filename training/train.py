@@ -6,11 +6,15 @@
 
 Writes runs/<run_name>/: config.yaml (resolved), checkpoint-*/, final/ (model + tokenizer), metrics.jsonl
 (one line per logging step: loss, lr, grad norm, gate statistics), run_info.json (git sha, data hash, package
-versions, data counts). Re-running the same command resumes from the newest checkpoint.
+versions, data counts, train_loss over the whole run). Re-running the same command resumes from the newest
+complete checkpoint (training/checkpoints.py); re-running a finished run does nothing. A run refuses a config that
+differs from the one it started with, a second process on the same run directory, and a diverging loss
+(training/guards.py): a run that stops on an error is never marked finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -24,7 +28,18 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from data_pipeline.files import git_sha, sha256_file
+from training.checkpoints import CheckpointMarker, newest_verified, set_aside, step_of
 from training.data import ChatCollator, build_examples, read_chat_jsonl
+from training.guards import (
+    Diverged,
+    FiniteGuard,
+    RunError,
+    RunLock,
+    check_trainer_keys,
+    claim_config,
+    finished_info,
+    whole_run_train_loss,
+)
 from training.models import REPO, load_model, load_tokenizer, resolve
 from training.objective import MetricsCallback, Objective, resolve_fused
 from training.precompute import load_precomputed
@@ -103,17 +118,39 @@ def training_arguments(cfg, run_dir: Path) -> TrainingArguments:
         os.environ.setdefault("WANDB_MODE", cfg.wandb.mode)
         os.environ.setdefault("WANDB_PROJECT", cfg.wandb.project)
     ds = OmegaConf.to_container(cfg.deepspeed, resolve=True) if cfg.get("deepspeed") else None
+    # logging_nan_inf_filter would replace a NaN loss by the running mean in the logs (and sync the device on every
+    # micro-batch to do it): FiniteGuard needs to see the NaN.
+    targs["logging_nan_inf_filter"] = False
     return TrainingArguments(output_dir=str(run_dir), run_name=cfg.run_name, seed=cfg.seed, report_to=report_to,
                              remove_unused_columns=False, deepspeed=ds, **targs)
 
 
 def main(cfg) -> dict:
-    t0 = time.time()
+    """Train one run; see the module docstring. Refuses, before loading anything, a trainer key of the wrong type,
+    a run directory another process is training, and a config that differs from the one the run started with;
+    a run that already finished is a no-op."""
     run_dir = Path(resolve_out_dir(cfg.out_dir)) / cfg.run_name
+    check_trainer_keys(OmegaConf.to_container(cfg.trainer, resolve=True))
     run_dir.mkdir(parents=True, exist_ok=True)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    if rank0:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with RunLock(run_dir) if rank0 else contextlib.nullcontext():
+        if rank0:
+            claim_config(run_dir, cfg)
+        done = finished_info(run_dir)
+        if done:
+            print(f"[train] {cfg.run_name} already finished at step {done.get('global_step')} "
+                  f"({run_dir / 'final'}); nothing to do")
+            return done
+        try:
+            return _train(cfg, run_dir, rank0)
+        except Diverged as e:
+            if rank0:
+                write_json(run_dir / "run_info.json", {"run": cfg.run_name, "finished": False, "error": str(e)})
+            raise
+
+
+def _train(cfg, run_dir: Path, rank0: bool) -> dict:
+    t0 = time.time()
     set_seed(cfg.seed)
 
     # TrainingArguments first: under ZeRO-3 it must exist before from_pretrained to load partitioned weights.
@@ -131,8 +168,10 @@ def main(cfg) -> dict:
     fused = resolve_fused(cfg.get("fused_loss", "auto"), cfg.method.loss)  # fails before any model loads
     examples, counts = build_examples(read_chat_jsonl(train_file), tokenizer, cfg.data.max_length,
                                       cfg.data.overlong, sample_weights=weights)
-    if cfg.data.get("limit"):
+    if cfg.data.get("limit") is not None:
         examples = examples[: cfg.data.limit]
+        if not examples:
+            raise RunError(f"data.limit={cfg.data.limit} leaves no example to train on")
     print(f"[train] {cfg.run_name}: {counts}")
 
     model = load_model(cfg.model, tokenizer)
@@ -145,17 +184,27 @@ def main(cfg) -> dict:
 
     trainer = Trainer(model=model, args=args, train_dataset=examples,
                       data_collator=ChatCollator(tokenizer.pad_token_id), compute_loss_func=objective)
-    # First in the list, so the gate statistics it adds to the logs reach wandb as well.
+    # First in the list, so the gate statistics it adds to the logs reach wandb as well. The guard goes last:
+    # it reads the save/log decisions the Trainer's own flow callback makes in on_step_end.
     trainer.callback_handler.callbacks.insert(0, MetricsCallback(run_dir / "metrics.jsonl", objective))
+    guard = FiniteGuard(cfg.get("divergence_patience", 3))
+    trainer.add_callback(guard)
+    trainer.add_callback(CheckpointMarker())
     if ref_model is not None and is_deepspeed_zero3_enabled():
         objective.ref_model = deepspeed_reference(ref_model, args)
     elif ref_model is not None:
         ref_model.to(args.device)
 
-    last = last_complete_checkpoint(run_dir) if cfg.resume else None
-    if last:
-        print(f"[train] resuming from {last}")
-    result = trainer.train(resume_from_checkpoint=last)
+    last = resume_point(run_dir, rank0) if cfg.resume else None
+    start_step = checkpoint_step(last)
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    trained = trainer.state.global_step - start_step
+    if trainer.state.global_step == 0:
+        raise RunError(f"{cfg.run_name}: zero optimizer steps (trainer.max_steps / num_train_epochs / the data "
+                       "give none); nothing is saved")
+    if trained > 0 and not guard.any_gradient:
+        raise RunError(f"{cfg.run_name}: every logged step had a zero gradient norm: nothing was trained (every "
+                       "token masked or weighted 0 by the method?); nothing is marked finished")
     trainer.save_model(str(run_dir / "final"))
     if rank0:
         tokenizer.save_pretrained(str(run_dir / "final"))
@@ -166,9 +215,11 @@ def main(cfg) -> dict:
         "seed": cfg.seed, "git_sha": git_sha(), "data_file": train_file, "data_sha256": sha256_file(train_file),
         "fused_loss": fused,
         "data_manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
-        "data_counts": counts, "resumed_from": last, "world_size": args.world_size,
-        "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-        "train_runtime_s": result.metrics.get("train_runtime"), "wall_s": time.time() - t0,
+        "data_counts": counts, "resumed_from": str(last) if last else None, "world_size": args.world_size,
+        "global_step": trainer.state.global_step,
+        "train_loss": whole_run_train_loss(run_dir / "metrics.jsonl"),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "wall_s": time.time() - t0,
         "packages": package_versions(), "python": platform.python_version(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "finished": True,
@@ -178,12 +229,21 @@ def main(cfg) -> dict:
     return info
 
 
-def last_complete_checkpoint(run_dir: Path) -> str | None:
-    """The newest checkpoint-N holding trainer_state.json, which the Trainer writes last: a job killed while saving
-    (preemption, a SLURM requeue) leaves a partial folder, and resuming from it would fail."""
-    done = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-            and (p / "trainer_state.json").exists()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+def checkpoint_step(ckpt: Path | None) -> int:
+    return step_of(ckpt) if ckpt else 0
+
+
+def resume_point(run_dir: Path, rank0: bool) -> Path | None:
+    """The newest complete checkpoint (training/checkpoints.py). Newer incomplete ones are named with the reason
+    and, by rank 0, renamed to rejected-checkpoint-N so that nothing later trips over them."""
+    last, skipped = newest_verified(run_dir)
+    for ckpt, reason in skipped:
+        print(f"[train] skipping {ckpt}: {reason}", flush=True)
+        if rank0:
+            print(f"[train]   moved to {set_aside(ckpt, reason)}", flush=True)
+    print(f"[train] resuming from {last}" if last else "[train] no complete checkpoint: training from step 0",
+          flush=True)
+    return last
 
 
 def resolve_out_dir(out_dir: str) -> str:
