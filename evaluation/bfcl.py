@@ -1,6 +1,6 @@
 """BFCL single-turn AST evaluation: data, prompts, decoding of generated calls, and our matcher.
 
-    python -m evaluation.bfcl data/eval/bfcl     # grades every ground truth against itself (~99.5% pass)
+    python -m evaluation.bfcl data/eval/bfcl     # grades every ground truth against itself (2,344 of 2,351 pass)
 
 Data. The `bfcl-eval` wheel (2026.3.23) carries BFCL's files named BFCL_v4_<category>.json (one JSON object a
 line: id, question = [[messages of the single turn]], function = [schemas]) and possible_answer/ with the same
@@ -13,18 +13,24 @@ Categories (Python): simple, multiple, parallel, parallel_multiple, irrelevance,
 live_parallel, live_parallel_multiple, live_irrelevance, live_relevance. Java/JavaScript (string-typed values
 checked by BFCL's own converters) and the multi-turn categories (state-based execution) are not covered.
 
-Matching follows BFCL's AST checker (bfcl_eval/eval_checker/ast_eval/ast_checker.py), re-implemented here
-because its checker imports every API client: right function; every required parameter present; no parameter
-outside the schema and the ground truth; Python types per the schema (int accepted for float; a value of the
-ground truth's own type accepted where the ground truth is a variable name); strings compared after removing
-spaces and ,./-_*^ and lower-casing; lists and dicts element-wise the same way; a ground-truth parameter missing
-from the call only if "" is among its allowed values. parallel*: as many calls as answers, matched in any order.
-irrelevance: correct when nothing decodes to a call; relevance: correct when something does.
+Grading is BFCL's own for its local Qwen handlers (the paper's model family), kept line for line:
+mode='prompt' decodes as QwenHandler (text after the last </think>; backticks, newlines and spaces stripped, so a
+```python fence fails; `[f(a=1), g(b='x')]`, brackets optional; positional arguments dropped, the call kept);
+mode='fc' as QwenFCHandler (only `<tool_call>\n{json}\n</tool_call>` blocks; none means no call). The checker is
+bfcl_eval/eval_checker/ast_eval/ast_checker.py for Python: exact function names (underscore_to_dot is off for
+the Qwen handlers), required parameters, no parameter outside the schema and the answer, Python types per the
+schema with its variable-name and nested-array rules, strings compared after removing spaces and ,./-_*^ and
+lower-casing, "" in the allowed values marks a parameter optional. (ir)relevance: correct when a non-empty call
+list does (not) decode. It is re-implemented, not imported, because bfcl-eval imports every vendor's API client
+and pins numpy; tests/test_bfcl_official.py diffs grade() against the official package in .venv-bfcl
+(`make bfcl-venv`) on ~86k (entry, completion, mode) triples and lists the differences by construction.
 
-Aggregate (documented choice; the paper says "BFCL v3, ~2K entries, AST"): `value` = accuracy over all entries
-(micro average). `metrics` also holds each category, and BFCL's own summaries: non_live_ast (unweighted mean of
-simple, multiple, parallel, parallel_multiple), live_ast (entry-weighted over the four live AST categories),
-hallucination (mean of irrelevance and live_irrelevance).
+Aggregate (`aggregate(rows)`): headline `ast_summary` = mean of BFCL's non-live AST summary (unweighted mean of
+simple, multiple, parallel, parallel_multiple; BFCL's simple also averages Java and JavaScript, which are not
+covered) and live AST summary (entry-weighted over live_simple, live_multiple, live_parallel,
+live_parallel_multiple), weighted equally as BFCL's overall score weights its non-live and live parts. These 8
+categories hold 2,351 entries, the "~2K entries, AST" of the paper. irrelevance, live_irrelevance and
+live_relevance stay out of it: `metrics` holds hallucination (their unweighted mean, BFCL's) and relevance.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import operator
 import re
 import sys
 from pathlib import Path
@@ -149,173 +156,203 @@ def build_prompt(entry: dict, mode: str) -> tuple[list[dict], list[dict] | None]
     raise ValueError(f"bfcl mode must be 'prompt' or 'fc', got {mode!r}")
 
 
-# ---- decoding ---------------------------------------------------------------------------------------------------
+# ---- decoding (BFCL's local Qwen handlers) ----------------------------------------------------------------------
 
 class DecodeError(ValueError):
     pass
 
 
-def _ast_value(node):
+def strip_think(text: str) -> str:
+    """What the Qwen handlers keep of a completion: the text after the last </think>."""
+    if "</think>" in text:
+        return text.split("</think>")[-1].lstrip("\n")
+    return text
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+           ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+           ast.LShift: operator.lshift, ast.RShift: operator.rshift}
+
+
+def _arith(node):
+    """BFCL eval()s an arithmetic argument; we compute it only from literals, never running model output."""
+    if not isinstance(node, ast.BinOp):
+        return ast.literal_eval(node)
+    left, right = _arith(node.left), _arith(node.right)
+    if isinstance(node.op, (ast.Pow, ast.LShift)) and isinstance(right, int) and right > 4096:
+        raise DecodeError("arithmetic too large to evaluate")
+    if type(node.op) not in _BINOPS:
+        raise DecodeError(f"unsupported operator {type(node.op).__name__}")
+    return _BINOPS[type(node.op)](left, right)
+
+
+def _value(node):
+    """An argument's value, as BFCL's resolve_ast_by_type gives it (quirks included: a unary operator negates
+    its operand; a call without keywords stays source text; a name is its identifier)."""
     if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = _ast_value(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
+        return "..." if node.value is Ellipsis else node.value
+    if isinstance(node, ast.UnaryOp):
+        return -node.operand.value  # AttributeError/TypeError on non-constants: a decode failure, as in BFCL
     if isinstance(node, ast.List):
-        return [_ast_value(v) for v in node.elts]
-    if isinstance(node, ast.Tuple):
-        return tuple(_ast_value(v) for v in node.elts)
+        return [_value(v) for v in node.elts]
     if isinstance(node, ast.Dict):
-        return {_ast_value(k): _ast_value(v) for k, v in zip(node.keys, node.values)}
-    if isinstance(node, ast.Name):  # a bare name is a variable reference; BFCL keeps it as a string
+        return {_value(k): _value(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.BinOp):
+        return _arith(node)
+    if isinstance(node, ast.Name):
         return node.id
-    return ast.unparse(node)  # expressions (calls, arithmetic) are kept as source text, never evaluated
+    if isinstance(node, ast.Call):
+        return _call(node) if node.keywords else ast.unparse(node)
+    if isinstance(node, ast.Tuple):
+        return tuple(_value(v) for v in node.elts)
+    if isinstance(node, ast.Subscript):
+        return ast.unparse(node.value) + "[" + ast.unparse(node.slice) + "]"
+    raise DecodeError(f"unsupported argument syntax {type(node).__name__}")
 
 
-def _call_name(func) -> str:
-    parts = []
+def _call(node: ast.Call) -> dict:
+    """{name: {keyword: value}}; positional arguments are dropped, as BFCL does."""
+    parts, func = [], node.func
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
-    if not isinstance(func, ast.Name):
-        raise DecodeError(f"not a function name: {ast.unparse(func)}")
-    return ".".join([func.id, *reversed(parts)])
+    if isinstance(func, ast.Name):
+        parts.append(func.id)
+    return {".".join(reversed(parts)): {k.arg: _value(k.value) for k in node.keywords}}
 
 
-def _decode_python(text: str) -> list[dict]:
-    text = text.strip("`\n ").strip("'")
-    text = text.removeprefix("python\n")
-    if not text.startswith("["):
-        text = "[" + text
-    if not text.endswith("]"):
-        text += "]"
+def decode_prompt(text: str) -> list[dict]:
+    """BFCL's default_decode_ast_prompting (Python): `[f(a=1), g(b='x')]`, brackets optional."""
+    text = text.strip("`\n ")
+    text = ("" if text.startswith("[") else "[") + text + ("" if text.endswith("]") else "]")
     try:
-        tree = ast.parse(text, mode="eval").body
+        body = ast.parse(text.strip().strip("'"), mode="eval").body
     except SyntaxError as e:
         raise DecodeError(f"not Python call syntax: {e.msg}") from None
-    calls = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
-    out = []
-    for c in calls:
-        if not isinstance(c, ast.Call) or c.args:
-            raise DecodeError("expected name(param=value, ...) calls with keyword arguments only")
-        out.append({_call_name(c.func): {k.arg: _ast_value(k.value) for k in c.keywords}})
-    return out
+    elts = [body] if isinstance(body, ast.Call) else getattr(body, "elts", None)
+    if elts is None or not all(isinstance(c, ast.Call) for c in elts):
+        raise DecodeError("expected a list of function calls")
+    return [_call(c) for c in elts]
 
 
-def _json_call(obj) -> dict:
-    if not isinstance(obj, dict):
-        raise DecodeError("a JSON tool call must be an object")
-    name = obj.get("name", obj.get("function"))
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(name, dict):  # OpenAI style {"function": {"name", "arguments"}}
-        name, args = name.get("name"), name.get("arguments", {})
-    if isinstance(args, str):
-        args = json.loads(args)
-    if not isinstance(name, str) or not isinstance(args, dict):
-        raise DecodeError("a JSON tool call needs a string `name` and an object `arguments`")
-    return {name: args}
-
-
-def decode_calls(text: str) -> list[dict]:
-    """Function calls in a completion, as [{name: {param: value}}]. Accepts Hermes/Qwen `<tool_call>{json}
-    </tool_call>` blocks, a bare JSON call or list of calls, and BFCL's `[f(a=1), g(b='x')]`. Raises DecodeError
-    when nothing decodes (which is what an irrelevance item wants)."""
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL).strip()
-    blocks = re.findall(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", text, flags=re.DOTALL)
-    try:
-        if blocks:
-            return [_json_call(json.loads(b)) for b in blocks if b.strip()]
-        stripped = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
-        if stripped[:1] in "[{":
-            try:
-                obj = json.loads(stripped)
-                return [_json_call(o) for o in (obj if isinstance(obj, list) else [obj])]
-            except json.JSONDecodeError:
-                pass
-    except (json.JSONDecodeError, DecodeError) as e:
-        raise DecodeError(f"bad JSON tool call: {e}") from None
-    if not text:
-        raise DecodeError("empty output")
-    return _decode_python(text)
-
-
-# ---- matching ---------------------------------------------------------------------------------------------------
-
-def _norm(v):
-    if isinstance(v, str):
-        return re.sub(r"[ ,./\-_*^]", "", v).lower().replace("'", '"')
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    return v
-
-
-def _dict_ok(value: dict, allowed: list) -> str | None:
-    err = f"no allowed dict matches {value!r}"
-    for cand in allowed:
-        if not isinstance(cand, dict):
+def decode_fc(text: str) -> list[dict]:
+    """QwenFCHandler.decode_ast: every `<tool_call>\\n{json}\\n</tool_call>` block (newlines required; a block
+    that is not JSON is skipped); no block means no call."""
+    calls = []
+    for block in re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.DOTALL):
+        try:
+            calls.append(json.loads(block))
+        except (ValueError, RecursionError):
             continue
-        bad = [k for k in value if k not in cand or _norm(value[k]) not in [_norm(a) for a in cand[k]]]
-        missing = [k for k, vals in cand.items() if k not in value and "" not in vals]
-        if not bad and not missing:
-            return None
-        err = f"dict key {bad[0]!r} not allowed or wrong" if bad else f"dict key {missing[0]!r} missing"
-    return err
+    if not all(isinstance(c, dict) for c in calls):
+        raise DecodeError("a tool call is not a JSON object")
+    try:
+        return [{c["name"]: dict(c["arguments"].items())} for c in calls]
+    except (KeyError, AttributeError, TypeError) as e:
+        raise DecodeError(f"a tool call needs `name` and an object `arguments` ({e!r})") from None
 
 
-def _check_value(param: str, value, allowed: list, schema: dict) -> str | None:
-    typ = schema.get("type", "any")
-    expected = PY_TYPES.get(typ, str)
-    if typ == "tuple" and isinstance(value, tuple):
+def decode_calls(text: str, mode: str) -> list[dict]:
+    """Function calls in a completion, as [{name: {param: value}}], decoded as BFCL's Qwen handler for `mode`
+    does. Raises DecodeError where BFCL's decoder raises."""
+    if mode not in ("prompt", "fc"):
+        raise ValueError(f"bfcl mode must be 'prompt' or 'fc', got {mode!r}")
+    text = strip_think(text)
+    try:
+        return decode_prompt(text) if mode == "prompt" else decode_fc(text)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, ArithmeticError, RecursionError, MemoryError) as e:
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+
+
+# ---- matching (BFCL's ast_checker, Python) ----------------------------------------------------------------------
+
+def _norm(s: str) -> str:
+    return re.sub(r"[ ,./\-_*^]", "", s).lower().replace("'", '"')
+
+
+def _norm_any(v):
+    return _norm(v) if type(v) is str else v
+
+
+def _answer_type(allowed: list):
+    return next((type(a) for a in allowed if a != ""), None)
+
+
+def _type_ok(value, allowed: list, expected: type, nested: type | None) -> tuple[bool, bool]:
+    """(valid, is_variable) as BFCL's type_checker: a value of the answer's own type where the answer's type
+    differs from the schema's is a variable name; arrays check their items against each list answer."""
+    ans_type = _answer_type(allowed)
+    is_variable = ans_type is not None and ans_type is not expected
+    if type(value) is expected:
+        if nested is None:
+            return True, is_variable
+        for cand in allowed:
+            if type(cand) is not list or all(_type_ok(v, cand, nested, None)[0] for v in value):
+                return True, is_variable
+    if ans_type is not None and type(value) is ans_type:
+        return True, True
+    return False, False
+
+
+def _dict_ok(value: dict, allowed: list) -> bool:
+    for cand in allowed:
+        if cand == "":
+            continue
+        if all(k in cand and _norm_any(v) in [_norm_any(a) for a in cand[k]] for k, v in value.items()) and \
+                all(k in value or "" in vals for k, vals in cand.items()):
+            return True
+    return False
+
+
+def _list_dict_ok(value: list, allowed: list) -> bool:
+    return any(len(value) == len(cand) and all(_dict_ok(v, [c]) for v, c in zip(value, cand)) for cand in allowed)
+
+
+def _value_error(param: str, value, allowed: list, schema: dict) -> str | None:
+    typ = schema["type"]
+    if typ not in PY_TYPES:
+        raise BFCLDataError(f"parameter {param!r}: unknown type {typ!r}; BFCL knows {', '.join(PY_TYPES)}")
+    expected = PY_TYPES[typ]
+    nested = PY_TYPES[schema["items"]["type"]] if typ in ("array", "tuple") else None
+    if typ == "tuple" and type(value) is tuple:
         value = list(value)
     if typ == "float" and type(value) is int:
         value = float(value)  # Python would convert it
-    gt_type = next((type(a) for a in allowed if a != ""), None)
-    is_variable = gt_type is not None and gt_type is not expected  # the answer names a variable, not a value
-    if type(value) is not expected:
-        if gt_type is not None and type(value) is gt_type:
-            is_variable = True
-        else:
-            return f"{param!r}: expected {typ}, got {type(value).__name__} ({value!r})"
-    elif expected is list and isinstance(schema.get("items"), dict) and not is_variable:
-        inner = PY_TYPES.get(schema["items"].get("type", "any"), str)
-        ref = next((a for a in allowed if isinstance(a, list) and a), [])
-        ref_types = {type(x) for x in ref}
-        if any(type(x) is not inner and type(x) not in ref_types for x in value):
-            return f"{param!r}: array items should be {schema['items'].get('type')}"
+    ok, is_variable = _type_ok(value, allowed, expected, nested)
+    if not ok:
+        return f"{param!r}: expected {typ}, got {type(value).__name__} ({value!r})"
     if not is_variable:
         if expected is dict:
-            err = _dict_ok(value, allowed)
-            return f"{param!r}: {err}" if err else None
-        if expected is list and schema.get("items", {}).get("type") == "dict":
-            for cand in allowed:
-                if isinstance(cand, list) and len(cand) == len(value) and all(
-                        isinstance(v, dict) and _dict_ok(v, [c]) is None for v, c in zip(value, cand)):
-                    return None
-            return f"{param!r}: list of dicts {value!r} not among {allowed!r}"
-        if expected in (str, list):
-            ok = _norm(value) in [_norm(a) for a in allowed if isinstance(a, (str, list)) and a != ""]
+            return None if _dict_ok(value, allowed) else f"{param!r}: no allowed dict matches {value!r}"
+        if expected is list and nested is dict:
+            return None if _list_dict_ok(value, allowed) else f"{param!r}: {value!r} not among {allowed!r}"
+        if expected is str:
+            ok = _norm(value) in [_norm(a) for a in allowed if type(a) is str]
+            return None if ok else f"{param!r}: {value!r} not among {allowed!r}"
+        if expected is list:
+            ok = [_norm_any(v) for v in value] in [[_norm_any(a) for a in cand] for cand in allowed]
             return None if ok else f"{param!r}: {value!r} not among {allowed!r}"
     return None if value in allowed else f"{param!r}: {value!r} not among {allowed!r}"
 
 
-def _same_name(called: str, expected: str) -> bool:
-    # Tool-calling APIs forbid '.' in names, so FC models often write math_factorial for math.factorial.
-    return called == expected or called == expected.replace(".", "_")
-
-
 def check_call(schema: dict, call: dict, answer: dict) -> str | None:
-    """None when `call` ({name: args}) matches `answer` ({name: {param: [allowed]}}), else the reason."""
-    (exp_name, allowed), ((name, args),) = next(iter(answer.items())), call.items()
-    if not _same_name(name, exp_name):
-        return f"wrong function {name!r}, expected {exp_name!r}"
-    props = schema["parameters"].get("properties", {})
-    for p in schema["parameters"].get("required", []):
+    """None when `call` ({name: args}) matches `answer` ({name: {param: [allowed]}}) under `schema`, else the
+    reason (BFCL's simple_function_checker; names must match exactly, as for the local Qwen handlers)."""
+    allowed = next(iter(answer.values()))
+    name, params = schema["name"], schema["parameters"]
+    if name not in call:
+        return f"wrong function {next(iter(call), None)!r}, expected {name!r}"
+    args = call[name]
+    for p in params["required"]:
         if p not in args:
             return f"missing required parameter {p!r}"
     for p, v in args.items():
-        if p not in props or p not in allowed:
+        if p not in params["properties"] or p not in allowed:
             return f"unexpected parameter {p!r}"
-        err = _check_value(p, v, allowed[p], props[p])
+        err = _value_error(p, v, allowed[p], params["properties"][p])
         if err:
             return err
     for p, vals in allowed.items():
@@ -324,59 +361,110 @@ def check_call(schema: dict, call: dict, answer: dict) -> str | None:
     return None
 
 
+def _schema(entry: dict, name: str) -> dict:
+    schema = next((f for f in entry["function"] if f["name"] == name), None)
+    if schema is None:
+        raise BFCLDataError(f"{entry['id']}: ground truth names {name!r}, absent from `function`")
+    return schema
+
+
 def check(entry: dict, calls: list[dict] | None) -> str | None:
-    """None when the decoded calls (None: nothing decoded) are right for the entry, else the reason."""
+    """None when the decoded calls (None: decoding failed) are right for the entry, else the reason."""
     cat = entry["category"]
-    has_call = bool(calls) and any(call for call in calls)
-    if cat.endswith("irrelevance"):
-        return "made a call where none applies" if has_call else None
-    if cat == "live_relevance":
+    if "relevance" in cat:  # judged on whether a non-empty call list decodes
+        has_call = bool(calls)
+        if cat.endswith("irrelevance"):
+            return "made a call where none applies" if has_call else None
         return None if has_call else "no function call decoded"
-    if not has_call:
+    if calls is None:
         return "no function call decoded"
     answers = entry["ground_truth"]
     if len(calls) != len(answers):
         return f"{len(calls)} calls, expected {len(answers)}"
-    schemas = {f["name"]: f for f in entry["function"]}
+    if "parallel" not in cat:  # simple checks the first function, multiple the answer's; one call each
+        schema = entry["function"][0] if "multiple" not in cat else _schema(entry, next(iter(answers[0])))
+        return check_call(schema, calls[0], answers[0])
     free = list(range(len(calls)))
     for ans in answers:  # any order: each answer takes the first unmatched call that fits (as BFCL does)
-        schema = schemas.get(next(iter(ans)))
-        if schema is None:
-            raise BFCLDataError(f"{entry['id']}: ground truth names {next(iter(ans))!r}, absent from `function`")
+        schema = _schema(entry, next(iter(ans)))
         errs = [(i, check_call(schema, calls[i], ans)) for i in free]
         hit = next((i for i, e in errs if e is None), None)
         if hit is None:
-            return errs[0][1] if len(answers) == 1 else f"no call matches {next(iter(ans))!r} ({errs[0][1]})"
+            return f"no call matches {next(iter(ans))!r} ({errs[-1][1] if errs else 'none left'})"
         free.remove(hit)
     return None
 
 
-def grade(entry: dict, completion: str) -> dict:
+def grade(entry: dict, completion: str, mode: str) -> dict:
+    """Grade one completion as BFCL does for the local Qwen handler of `mode` ('prompt' or 'fc')."""
     try:
-        calls, decode_error = decode_calls(completion), None
-    except (DecodeError, RecursionError, ValueError) as e:
+        calls, decode_error = decode_calls(completion, mode), None
+    except DecodeError as e:
         calls, decode_error = None, str(e)
-    err = check(entry, calls)
+    try:
+        err = check(entry, calls)
+    except (TypeError, AttributeError) as e:  # a value BFCL's checker cannot handle either (it raises there)
+        err = f"checker failed on this output: {type(e).__name__}: {e}"
     return {"calls": calls, "correct": err is None, "error": err, "decode_error": decode_error}
 
 
+# ---- aggregate (BFCL's score script) ----------------------------------------------------------------------------
+
+NON_LIVE_AST = ["simple", "multiple", "parallel", "parallel_multiple"]
+LIVE_AST = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"]
+
+
+def _coefficients(n: dict[str, int]) -> dict[str, float]:
+    """Each AST category's weight in the headline: half the unweighted non-live mean, half the entry-weighted
+    live mean (over the categories present)."""
+    non_live = [c for c in NON_LIVE_AST if c in n]
+    live = [c for c in LIVE_AST if c in n]
+    halves = [h for h in (non_live, live) if h]
+    coef = {c: 1 / len(non_live) / len(halves) for c in non_live}
+    coef |= {c: n[c] / sum(n[x] for x in live) / len(halves) for c in live}
+    return coef
+
+
 def aggregate(rows: list[dict]) -> dict:
-    """Per-category accuracy (%) and BFCL's summaries from graded rows ({category, correct})."""
+    """Headline and BFCL's summaries from graded rows ({category, correct}; correct in [0, 1], the mean over runs).
+
+    value = ast_summary = mean of BFCL's non-live AST summary (unweighted mean of simple, multiple, parallel,
+    parallel_multiple) and live AST summary (entry-weighted over the four live AST categories), in %;
+    stderr from the per-category sample variances. Irrelevance, live_irrelevance and live_relevance never enter
+    it: `metrics` holds them, BFCL's hallucination (unweighted mean of the two irrelevance categories) and
+    relevance, each category's accuracy and count, and ast_missing (AST categories without rows)."""
     by: dict[str, list[float]] = {}
     for r in rows:
         by.setdefault(r["category"], []).append(float(r["correct"]))
     acc = {c: 100 * sum(v) / len(v) for c, v in by.items()}
-    out = {f"acc_{c}": a for c, a in acc.items()} | {f"n_{c}": len(v) for c, v in by.items()}
-    non_live = [acc[c] for c in ("simple", "multiple", "parallel", "parallel_multiple") if c in acc]
-    live = [c for c in ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple") if c in acc]
+    n = {c: len(v) for c, v in by.items()}
+    metrics = {f"acc_{c}": a for c, a in acc.items()} | {f"n_{c}": k for c, k in n.items()}
+    ast_n = {c: k for c, k in n.items() if c in NON_LIVE_AST + LIVE_AST}
+    if any(c in ast_n for c in NON_LIVE_AST):
+        metrics["non_live_ast"] = sum(acc[c] for c in NON_LIVE_AST if c in acc) / sum(c in acc for c in NON_LIVE_AST)
+    if any(c in ast_n for c in LIVE_AST):
+        metrics["live_ast"] = sum(acc[c] * n[c] for c in LIVE_AST if c in acc) / sum(n.get(c, 0) for c in LIVE_AST)
     halluc = [acc[c] for c in ("irrelevance", "live_irrelevance") if c in acc]
-    if non_live:
-        out["non_live_ast"] = sum(non_live) / len(non_live)
-    if live:
-        out["live_ast"] = sum(acc[c] * len(by[c]) for c in live) / sum(len(by[c]) for c in live)
     if halluc:
-        out["hallucination"] = sum(halluc) / len(halluc)
-    return out
+        metrics["hallucination"] = sum(halluc) / len(halluc)
+    if "live_relevance" in acc:
+        metrics["relevance"] = acc["live_relevance"]
+    metrics["ast_missing"] = [c for c in NON_LIVE_AST + LIVE_AST if c not in ast_n]
+    value = stderr = None
+    if ast_n:
+        coef = _coefficients(ast_n)
+        value = sum(coef[c] * acc[c] for c in coef)
+        var = sum(coef[c] ** 2 * _var(by[c]) / n[c] for c in coef)
+        stderr = 100 * var ** 0.5 if all(n[c] > 1 for c in coef) else None
+    metrics["ast_summary"] = value
+    return {"metric": "ast_summary", "value": value, "stderr": stderr, "metrics": metrics}
+
+
+def _var(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
 
 
 def _first(allowed):
@@ -407,7 +495,7 @@ def self_check(data_dir: str | Path) -> dict:
         for e in entries:
             calls = [f"{n}({', '.join(f'{p}={_pick(_first(v))!r}' for p, v in a.items() if _first(v) != '')})"
                      for gt in e["ground_truth"] for n, a in gt.items()]
-            ok += grade(e, "[" + ", ".join(calls) + "]")["correct"]
+            ok += grade(e, "[" + ", ".join(calls) + "]", "prompt")["correct"]
         res[cat] = f"{ok}/{len(entries)}"
     return res
 

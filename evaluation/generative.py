@@ -48,13 +48,17 @@ def math_items(bench: dict) -> tuple[list[dict], str]:
 
 
 def bfcl_items(bench: dict, mode: str) -> tuple[list[dict], str]:
+    if not set(bench["categories"]) & set(bfcl.NON_LIVE_AST + bfcl.LIVE_AST):
+        raise ValueError(f"bench.{bench['name']}.categories={list(bench['categories'])} has no AST category; the "
+                         f"headline needs some of {bfcl.NON_LIVE_AST + bfcl.LIVE_AST}")
     choose_source(bench)
     data_dir = local_files(bench)[0]
     items = []
     for cat in bench["categories"]:
         for e in bfcl.load_category(data_dir, cat):
             messages, tools = bfcl.build_prompt(e, mode)
-            items.append({"id": e["id"], "messages": messages, "tools": tools, "entry": e, "category": cat})
+            items.append({"id": e["id"], "messages": messages, "tools": tools, "entry": e, "category": cat,
+                          "mode": mode})
     return items, str(data_dir)
 
 
@@ -81,7 +85,9 @@ def run_generative(bench: dict, ctx) -> dict:
     elif kind == "bfcl":
         mode = bfcl_mode(bench, ctx.tokenizer())
         items, source = bfcl_items(bench, mode)
-        extra = {"mode": mode, "categories": list(bench["categories"]), "grader": "evaluation.bfcl AST matcher"}
+        extra = {"mode": mode, "categories": list(bench["categories"]),
+                 "grader": "evaluation.bfcl: BFCL's Qwen decoders and AST checker",
+                 "headline": "ast_summary: mean of BFCL's non-live and live AST summaries"}
     else:
         raise ValueError(f"run_generative handles kind math, bfcl and lm_eval with mode=generate, not {kind!r}")
     items = [items[i] for i in select_subset(len(items), ctx.limit, ctx.subset_seed)]
@@ -117,16 +123,22 @@ def run_generative(bench: dict, ctx) -> dict:
     per_item = [sum(r["correct"]) / len(r["correct"]) for r in rows]
     value, stderr = mean_stderr(per_item)
     metrics = {"accuracy": 100 * value}
+    if kind == "bfcl":  # BFCL's own AST summary; the (ir)relevance categories go beside it, never into it
+        agg = bfcl.aggregate([{"category": r["category"], "correct": c} for r, c in zip(rows, per_item)])
+        if agg["value"] is None:
+            raise ValueError(f"{bench['name']}: no AST item among the {len(rows)} graded (limit={ctx.limit}); "
+                             f"raise limit or add AST categories to bench.{bench['name']}.categories")
+        value, stderr = agg["value"] / 100, None if agg["stderr"] is None else agg["stderr"] / 100
     for k in bench.get("pass_k") or []:
         if 1 < k <= n_runs:
             metrics[f"pass@{k}"] = 100 * sum(pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in rows) / len(rows)
     if kind != "bfcl":
         metrics["no_answer_rate"] = 100 * sum(p is None for r in rows for p in r["preds"]) / sum(len(r["preds"]) for r in rows)
     else:
-        metrics.update(bfcl.aggregate([{"category": r["category"], "correct": c} for r, c in zip(rows, per_item)]))
+        metrics.update(agg["metrics"])
         metrics["decode_failure_rate"] = 100 * sum(e is not None for r in rows for e in r["decode_errors"]) / (
             sum(len(r["decode_errors"]) for r in rows))
-    return {"metric": "ast_acc" if kind == "bfcl" else "accuracy", "value": 100 * value,
+    return {"metric": "ast_summary" if kind == "bfcl" else "accuracy", "value": 100 * value,
             "stderr": None if stderr is None else 100 * stderr, "n": len(rows), "n_runs": n_runs,
             "settings": settings, "data_source": source, "metrics": metrics}
 
@@ -142,7 +154,7 @@ def _grade(kind: str, item: dict, completions: list[str]) -> dict:
         graded = [grade_math(item["gold"], c) for c in completions]
         return {"id": item["id"], "question": item["question"], "gold": item["gold"], "completions": completions,
                 "preds": [g["pred"] for g in graded], "correct": [g["correct"] for g in graded]}
-    graded = [bfcl.grade(item["entry"], c) for c in completions]
+    graded = [bfcl.grade(item["entry"], c, item["mode"]) for c in completions]
     return {"id": item["id"], "category": item["category"], "completions": completions,
             "calls": [g["calls"] for g in graded], "errors": [g["error"] for g in graded],
             "decode_errors": [g["decode_error"] for g in graded], "correct": [g["correct"] for g in graded]}

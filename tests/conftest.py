@@ -35,6 +35,14 @@ def need(component: str, available: bool, why: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def bfcl_python() -> Path:
+    """The official-BFCL venv's Python (`make bfcl-venv`, BFCL_VENV to place it elsewhere)."""
+    venv = Path(os.environ.get("BFCL_VENV", REPO / ".venv-bfcl"))
+    need("bfcl", (venv / ".complete").exists(), f"{venv} missing; run `make bfcl-venv` for the official bfcl-eval")
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
 

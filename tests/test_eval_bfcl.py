@@ -1,4 +1,6 @@
-"""BFCL: decoding generated calls and our AST matcher against bfcl-eval's ground-truth format. Fast tier."""
+"""BFCL: decoding generated calls (BFCL's Qwen prompt/FC handlers), the AST checker, the aggregate. Fast tier.
+
+The `bfcl` tier (tests/test_bfcl_official.py) diffs the same grade() against the official package."""
 
 import json
 
@@ -21,19 +23,18 @@ def entry(category, answers=None, functions=(TRI,)):
             "ground_truth": answers if answers is not None else [ANSWER]}
 
 
-def grade(category, text, **kw):
-    return bfcl.grade(entry(category, **kw), text)
+def grade(category, text, mode="prompt", **kw):
+    return bfcl.grade(entry(category, **kw), text, mode)
 
 
 @pytest.mark.parametrize("text", [
     "[calculate_triangle_area(base=10, height=5)]",
     "calculate_triangle_area(base=10, height=5, unit='units')",                       # no brackets
-    "```python\n[calculate_triangle_area(height=5, base=10, unit='CM')]\n```",           # fenced, case-insensitive
+    "```\n[calculate_triangle_area(height=5, base=10, unit='CM')]\n```",                 # bare fence, any case
     "[calculate_triangle_area(base=10, height=5, scale=1)]",                            # int accepted for float
     "[calculate_triangle_area(base=10, height=5, tags=['red apple', 'PEAR'])]",          # strings normalised
     "[calculate_triangle_area(base=10, height=5, opts={'round': True})]",
-    '<tool_call>\n{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}\n</tool_call>',
-    '{"name": "calculate_triangle_area", "arguments": "{\\"base\\": 10, \\"height\\": 5}"}',  # args as a string
+    "[calculate_triangle_area(base=10, height=5, unit='')]",                            # "" for an optional one
     '<think>base is 10</think>[calculate_triangle_area(base=10, height=5)]',
 ])
 def test_right_calls(text):
@@ -54,7 +55,7 @@ def test_right_calls(text):
     ("[area(base=10, height=5)]", "wrong function"),
     ("[calculate_triangle_area(base=10, height=5), calculate_triangle_area(base=10, height=5)]", "2 calls"),
     ("The area is 25.", "no function call"),
-    ("[calculate_triangle_area(10, 5)]", "no function call"),                           # positional: not decodable
+    ("[calculate_triangle_area(10, 5)]", "missing required parameter 'base'"),          # positional args dropped
 ])
 def test_wrong_calls(text, why):
     g = grade("simple", text)
@@ -66,13 +67,62 @@ def test_optional_parameter_must_be_marked_optional():
     assert "omitted" in grade("simple", "[calculate_triangle_area(base=10, height=5)]", answers=strict)["error"]
 
 
-def test_dotted_names_and_fc_underscores():
+def test_fenced_python_block_is_not_decoded():
+    # BFCL strips backticks and newlines only, so a ```python fence leaves `python` in front of the call
+    g = grade("simple", "```python\n[calculate_triangle_area(base=10, height=5)]\n```")
+    assert not g["correct"] and g["decode_error"], g
+
+
+def test_positional_call_is_a_call_for_irrelevance():
+    # BFCL drops positional arguments and still counts the call, so an irrelevance item is failed
+    assert not grade("irrelevance", "[calculate_triangle_area(10, 5)]", answers=[])["correct"]
+
+
+def test_empty_string_for_optional_parameter_is_accepted():
+    assert grade("simple", "[calculate_triangle_area(base=10, height=5, unit='')]")["correct"]
+
+
+FC = '<tool_call>\n{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}\n</tool_call>'
+
+
+def test_fc_mode_decodes_only_closed_tool_call_blocks():
+    assert grade("simple", FC, "fc")["correct"]
+    assert grade("simple", "<think>\nok\n</think>\n\n" + FC, "fc")["correct"]
+    unclosed = FC.removesuffix("\n</tool_call>")
+    bare = '{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}'
+    for text in (unclosed, bare, FC.replace("\n", "")):  # unclosed final tag, bare JSON, no newlines
+        assert not grade("simple", text, "fc")["correct"], text
+        assert grade("irrelevance", text, "fc", answers=[])["correct"], text  # nothing decodes: no call
+
+
+def test_fc_mode_python_call_in_text_is_no_call():
+    text = "I will call [calculate_triangle_area(base=10, height=5)]"
+    assert grade("irrelevance", text, "fc", answers=[])["correct"]
+    assert not grade("simple", "[calculate_triangle_area(base=10, height=5)]", "fc")["correct"]
+
+
+def test_fc_mode_json_string_arguments_are_rejected():
+    text = FC.replace('{"base": 10, "height": 5}', '"{\\"base\\": 10, \\"height\\": 5}"')
+    assert not grade("simple", text, "fc")["correct"]
+
+
+def test_prompt_mode_tool_call_block_is_not_decoded():
+    assert not grade("simple", FC, "prompt")["correct"]
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode must be"):
+        grade("simple", FC, "json")
+
+
+def test_dotted_names_must_match_exactly():
     fn = {"name": "math.factorial", "parameters": {"type": "dict", "properties": {"number": {"type": "integer"}},
                                                    "required": ["number"]}}
     ans = [{"math.factorial": {"number": [5]}}]
     assert grade("simple", "[math.factorial(number=5)]", answers=ans, functions=[fn])["correct"]
-    assert grade("simple", '{"name": "math_factorial", "arguments": {"number": 5}}', answers=ans, functions=[fn])[
-        "correct"]  # FC models replace '.' by '_' (tool names forbid dots)
+    fc = '<tool_call>\n{"name": "math_factorial", "arguments": {"number": 5}}\n</tool_call>'
+    assert not grade("simple", fc, "fc", answers=ans, functions=[fn])["correct"]  # Qwen handlers: no '_' -> '.'
+    assert not grade("simple", "[math_factorial(number=5)]", answers=ans, functions=[fn])["correct"]
 
 
 def test_parallel_any_order_and_counts():
@@ -100,7 +150,7 @@ def test_fixtures_load_and_ground_truth_passes():
         for e in bfcl.load_category(FIX, cat):
             calls = [f"{n}({', '.join(f'{p}={bfcl._pick(bfcl._first(v))!r}' for p, v in a.items() if bfcl._first(v) != '')})"
                      for gt in e["ground_truth"] for n, a in gt.items()]
-            assert bfcl.grade(e, "[" + ", ".join(calls) + "]")["correct"], e["id"]
+            assert bfcl.grade(e, "[" + ", ".join(calls) + "]", "prompt")["correct"], e["id"]
     assert [e["category"] for e in bfcl.load_category(FIX, "irrelevance")] == ["irrelevance"]
 
 
@@ -138,9 +188,29 @@ def test_aggregate():
             {"category": "live_multiple", "correct": 0.0}, {"category": "live_multiple", "correct": 0.0},
             {"category": "irrelevance", "correct": 1.0}]
     agg = bfcl.aggregate(rows)
-    assert agg["acc_simple"] == 50 and agg["non_live_ast"] == 75             # unweighted over categories
-    assert agg["live_ast"] == pytest.approx(100 / 3)                         # weighted by entries
-    assert agg["hallucination"] == 100 and agg["n_live_multiple"] == 2
+    m = agg["metrics"]
+    assert m["acc_simple"] == 50 and m["non_live_ast"] == 75                 # unweighted over categories
+    assert m["live_ast"] == pytest.approx(100 / 3)                           # weighted by entries
+    assert m["hallucination"] == 100 and m["n_live_multiple"] == 2
+    assert agg["metric"] == "ast_summary" and agg["value"] == pytest.approx((75 + 100 / 3) / 2)
+    assert m["ast_missing"] == ["parallel", "parallel_multiple", "live_parallel", "live_parallel_multiple"]
+
+
+def test_aggregate_headline_ignores_irrelevance_and_relevance():
+    # a model that never calls a tool: all AST items wrong, all irrelevance right, relevance wrong
+    rows = [{"category": c, "correct": 0.0} for c in bfcl.NON_LIVE_AST + bfcl.LIVE_AST + ["live_relevance"]]
+    rows += [{"category": c, "correct": 1.0} for c in ("irrelevance", "live_irrelevance") for _ in range(50)]
+    agg = bfcl.aggregate(rows)
+    assert agg["value"] == 0 and agg["metrics"]["hallucination"] == 100 and agg["metrics"]["relevance"] == 0
+    assert agg["metrics"]["ast_missing"] == []
+
+
+def test_aggregate_stderr():
+    rows = [{"category": "simple", "correct": float(i % 2)} for i in range(4)]
+    rows += [{"category": "live_simple", "correct": 1.0} for _ in range(4)]
+    agg = bfcl.aggregate(rows)
+    # value = (50 + 100) / 2; var = (1/2)^2 * (1/3) / 4 from simple only (live_simple has none)
+    assert agg["value"] == 75 and agg["stderr"] == pytest.approx(100 * (0.25 * (1 / 3) / 4) ** 0.5)
 
 
 @pytest.mark.integration

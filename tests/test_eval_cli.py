@@ -74,7 +74,7 @@ def test_cli_writes_a_valid_result_per_benchmark(cli_run):
     medqa = read_result(res_dir / "medqa.json")
     assert medqa["settings"]["variant"] == "5 options" and medqa["metrics"]["n_options"] == 5
     bf = read_result(res_dir / "bfcl_v3.json")
-    assert bf["metric"] == "ast_acc" and bf["settings"]["mode"] == "prompt"  # the tiny template has no tools
+    assert bf["metric"] == "ast_summary" and bf["settings"]["mode"] == "prompt"  # the tiny template has no tools
     kl = read_result(res_dir / "general_kl.json")
     assert kl["value"] == pytest.approx(0, abs=1e-6)  # the base model compared with itself
     nll = read_result(res_dir / "target_nll.json")
