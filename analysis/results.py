@@ -143,7 +143,7 @@ def load_metrics(metrics_dir: str | Path = REPO / "results/metrics",
             "bench_domain": BENCHMARK_DOMAIN.get(r["benchmark"], "other"), "file": str(path),
         })
     if refused:
-        raise SchemaError(f"{len(refused)} result file(s) refused, nothing tabulated:\n  - "
+        raise SchemaError(f"{len(refused)} result file(s) refused, so none was read:\n  - "
                           + "\n  - ".join(refused))
     cols = ["run", "benchmark", "metric", "value", "stderr", "n", "step", "method", "base_model", "data", "seed",
             "target_domain", "bench_domain", "file"]
