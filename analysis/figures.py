@@ -35,6 +35,7 @@ from analysis.results import (
 from analysis.summaries import region_shares, region_top_tokens, topk_correlation
 from analysis.tables import LAYOUTS
 from analysis.token_stats import read_token_stats
+from evaluation.schema import run_failure
 
 
 def token_stat_sets(stats_dir: Path) -> dict[str, dict[str, Path]]:
@@ -85,10 +86,16 @@ def paper_topk(paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def training_curves(runs_dirs: list[Path]) -> dict[str, dict[str, pd.DataFrame]]:
-    """{'<model>-<data>': {method: per-step mean over seeds of ce_high_entropy / ce_low_entropy}}."""
+    """{'<model>-<data>': {method: per-step mean over seeds of ce_high_entropy / ce_low_entropy}}; runs whose
+    run_info.json says they failed are left out, with a line saying so."""
     per: dict[str, dict[str, list[pd.DataFrame]]] = {}
     for runs_dir in runs_dirs:
         for path in sorted(runs_dir.glob("*/metrics.jsonl")):
+            info = path.parent / "run_info.json"
+            failed = run_failure(json.loads(info.read_text())) if info.exists() else None
+            if failed:  # a diverged run's curve is not one seed of its method's mean
+                print(f"[figures] fig 4 leaves out {path.parent}: {failed}")
+                continue
             rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
             df = pd.DataFrame(rows)
             if df.empty or not {"step", "ce_high_entropy", "ce_low_entropy"} <= set(df.columns):

@@ -8,6 +8,10 @@ the config names in configs/{model,data,method}; a result with method "base" is 
 `run` (a model config name). Benchmarks belong to a domain (`BENCHMARK_DOMAIN`); the domain average is the
 unweighted mean of the domain's benchmarks, as in the paper.
 
+Refused (`load_metrics` raises one error listing them all): result files that do not validate (a missing key,
+a NaN or infinite score), and results of a run whose run_info.json says it failed (stopped on divergence):
+such a model scores finite accuracies, which would otherwise be averaged with its healthy seeds.
+
 Checkpoint selection (`select_checkpoints`): "final" keeps each run's last evaluated step; "best" keeps the step
 with the best mean over all evaluated benchmarks, the paper's protocol (App. F), which selects on the test sets.
 """
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation.schema import read_result
+from evaluation.schema import SchemaError, read_result, run_failure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,17 +77,26 @@ def model_config_by_path(configs_dir: Path = REPO / "configs") -> dict[str, str]
     return out
 
 
-def identify_run(run: str, method: str, runs_dir: Path | list[Path] = REPO / "runs",
-                 configs_dir: Path = REPO / "configs") -> dict:
-    """{base_model, data, method, seed} of a run name (None where unknown): from run_info.json in the first of
-    `runs_dir` (one folder or several, e.g. runs/ and results/demo/runs/) that holds the run, else from the name."""
-    if method == "base":
-        return {"base_model": run, "data": None, "method": "base", "seed": None}
+def run_info(run: str, runs_dir: Path | list[Path] = REPO / "runs") -> tuple[Path, dict] | None:
+    """(path, content) of run_info.json in the first of `runs_dir` (one folder or several, e.g. runs/ and
+    results/demo/runs/) that holds the run, else None."""
     for d in [runs_dir] if isinstance(runs_dir, (str, Path)) else runs_dir:
         info = Path(d) / run / "run_info.json"
         if info.exists():
-            i = json.loads(info.read_text())
-            return {"base_model": i["model"], "data": i["data"], "method": i["method"], "seed": i.get("seed")}
+            return info, json.loads(info.read_text())
+    return None
+
+
+def identify_run(run: str, method: str, runs_dir: Path | list[Path] = REPO / "runs",
+                 configs_dir: Path = REPO / "configs") -> dict:
+    """{base_model, data, method, seed} of a run name (None where unknown): from its run_info.json
+    (`run_info`), else from the name."""
+    if method == "base":
+        return {"base_model": run, "data": None, "method": "base", "seed": None}
+    found = run_info(run, runs_dir)
+    if found:
+        i = found[1]
+        return {"base_model": i["model"], "data": i["data"], "method": i["method"], "seed": i.get("seed")}
     alt = {g: "|".join(map(re.escape, config_names(g, configs_dir))) for g in ("model", "data", "method")}
     m = re.fullmatch(rf"({alt['model']})-({alt['data']})-({alt['method']})(?:-s(\d+))?", run)
     if not m:
@@ -92,15 +105,31 @@ def identify_run(run: str, method: str, runs_dir: Path | list[Path] = REPO / "ru
             "seed": int(m.group(4)) if m.group(4) else None}
 
 
+def run_failed(result: dict, runs_dir: Path | list[Path] = REPO / "runs") -> str | None:
+    """Why the run a result comes from failed (its run_info.json, by evaluation.schema.run_failure), or None."""
+    found = None if result["method"] == "base" else run_info(result["run"], runs_dir)
+    why = found and run_failure(found[1])
+    return f"run {result['run']} failed ({found[0]}: {why})" if why else None
+
+
 def load_metrics(metrics_dir: str | Path = REPO / "results/metrics",
                  runs_dir: Path | list[Path] = REPO / "runs") -> pd.DataFrame:
-    """One row per result file, with the run's identity and the benchmark's domain. Empty frame if none."""
+    """One row per result file, with the run's identity and the benchmark's domain. Empty frame if none.
+    Raises SchemaError listing every file that does not validate or comes from a failed run."""
     metrics_dir = Path(metrics_dir)
-    rows = []
+    rows, refused = [], []
     # <run>/<benchmark>.json (final model) and <run>/checkpoint-N/<benchmark>.json (evaluation.evaluate's layout
     # for an intermediate checkpoint: Fig. 2a and best-checkpoint selection need them)
     for path in sorted([*metrics_dir.glob("*/*.json"), *metrics_dir.glob("*/checkpoint-*/*.json")]):
-        r = read_result(path)
+        try:
+            r = read_result(path)
+        except SchemaError as e:
+            refused.append(str(e))
+            continue
+        failed = run_failed(r, runs_dir)
+        if failed:
+            refused.append(f"{path}: {failed}; delete {metrics_dir / path.relative_to(metrics_dir).parts[0]}")
+            continue
         ident = identify_run(r["run"], r["method"], runs_dir)
         if r["method"] == "base" and ident["base_model"] not in config_names("model"):
             # a base model evaluated under another run name (the demo's demo-quick-base): its config by path
@@ -113,6 +142,9 @@ def load_metrics(metrics_dir: str | Path = REPO / "results/metrics",
             "target_domain": r.get("domain") or DATA_DOMAIN.get(data or ""),
             "bench_domain": BENCHMARK_DOMAIN.get(r["benchmark"], "other"), "file": str(path),
         })
+    if refused:
+        raise SchemaError(f"{len(refused)} result file(s) refused, so none was read:\n  - "
+                          + "\n  - ".join(refused))
     cols = ["run", "benchmark", "metric", "value", "stderr", "n", "step", "method", "base_model", "data", "seed",
             "target_domain", "bench_domain", "file"]
     df = pd.DataFrame(rows, columns=cols)

@@ -9,6 +9,11 @@
 directory (runs/<run> or <run>: evaluates final/, else the newest checkpoint; method, domain and the base model
 come from its config.yaml); a checkpoint-N or final/ folder inside a run (records `step`); any other local
 folder; a Hub id. Per-item outputs go to <results>/items/ and are reused when the same evaluation runs again.
+
+Refused before any model loads: benchmarks whose data is missing (all of them listed, by
+evaluation/sources.py's preflight); a run whose run_info.json says it failed (finished: false, or an `error`,
+as training writes when it stops on divergence); local weights holding NaN or Inf. The schema refuses a NaN
+or infinite score.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipeline.files import git_sha
 from data_pipeline.output import shown  # repository-relative, so committed results read on any clone
 from evaluation.context import EvalContext
-from evaluation.schema import write_result
+from evaluation.schema import run_failure, write_result
+from evaluation.sources import preflight
 from training.checkpoints import newest_verified, step_of, verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +64,7 @@ def _from_run(run_dir: Path, model_dir: Path, step: int | None) -> dict:
     data = str((rcfg.get("data") or {}).get("name", ""))
     domain = next((d for d in DOMAINS if data.startswith(d)), None)
     return {"model_cfg": mcfg, "run": run_dir.name, "method": rcfg["method"]["name"], "step": step,
-            "domain": domain, "base_model_cfg": base}
+            "domain": domain, "base_model_cfg": base, "run_dir": run_dir}
 
 
 # Folders of this repository: `runs/x` names a (missing) run, never the Hub organisation "runs", even before the
@@ -131,6 +137,62 @@ def _runner(kind: str, mode: str | None = None):
     raise ValueError(f"unknown benchmark kind {kind!r} (math, bfcl, lm_eval, likelihood)")
 
 
+def _check_data(benches: list[dict]) -> None:
+    """Every benchmark's data and IFEval's NLTK tables, before any model loads; one error lists all."""
+    extra = []
+    if any(b["name"] == "ifeval" for b in benches):
+        from evaluation.lm_eval_bench import _need_punkt
+
+        try:
+            _need_punkt()
+        except FileNotFoundError as e:
+            extra.append(f"benchmark 'ifeval': {e}")
+    preflight(benches, extra)
+
+
+def nonfinite_weight(model_dir: Path) -> str | None:
+    """'<file>: <tensor>' of the first weight holding NaN or Inf in a model folder, else None. Reads the
+    weight files one tensor at a time: works for either backend, never holds a second copy of the model."""
+    import torch
+    from safetensors import safe_open
+
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            names = st.keys()  # safe_open has no __iter__
+            bad = next((k for k in names if not torch.isfinite(st.get_tensor(k)).all()), None)
+        if bad:
+            return f"{f.name}: {bad}"
+    if not any(model_dir.glob("*.safetensors")):  # a checkpoint's training_args.bin is no weight file
+        for f in sorted(model_dir.glob("pytorch_model*.bin")):
+            weights = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            bad = next((k for k, t in weights.items() if not torch.isfinite(t).all()), None)
+            if bad:
+                return f"{f.name}: {bad}"
+    return None
+
+
+def refuse_broken_model(m: dict) -> None:
+    """A failed run or non-finite weights would score like a model (accuracies are finite even then), and the
+    tables would average them with healthy seeds: refuse both before anything is scored."""
+    info = m.get("run_dir") and Path(m["run_dir"]) / "run_info.json"
+    why = run_failure(json.loads(info.read_text())) if info and info.exists() else None
+    if why:
+        raise ValueError(f"{info}: {why}. Not evaluating {m['model_cfg']['name_or_path']}: retrain the run "
+                         "(after a divergence, with a lower learning rate) or evaluate another one")
+    if m["model_cfg"].get("from_config"):  # random init: no weights on disk
+        return
+    from training.models import resolve
+
+    try:
+        model_dir = Path(resolve(str(m["model_cfg"]["name_or_path"])))
+    except FileNotFoundError:  # loading it says so
+        return
+    bad = nonfinite_weight(model_dir) if model_dir.is_dir() else None  # a Hub id is a published model
+    if bad:
+        raise ValueError(f"{model_dir}: weight {bad} holds NaN or Inf (the training diverged); refusing to "
+                         "evaluate it. Evaluate an earlier checkpoint or retrain with a lower learning rate")
+
+
 def main(cfg) -> dict:
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if cfg.get("model_spec") in (None, "???", ""):
@@ -141,6 +203,7 @@ def main(cfg) -> dict:
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(sorted(cfg['bench']))} "
                          "(a new one needs configs/benchmark/<name>.yaml and a line in configs/eval.yaml)")
+    _check_data([dict(cfg["bench"][b], name=b) for b in names])
     m = resolve_model(cfg["model_spec"])
     if cfg.get("base_model"):
         m["base_model_cfg"] = resolve_model(cfg["base_model"])["model_cfg"]
@@ -150,6 +213,7 @@ def main(cfg) -> dict:
         m["model_cfg"] = {**m["model_cfg"], "dtype": cfg["dtype"]}
         if m["base_model_cfg"]:
             m["base_model_cfg"] = {**m["base_model_cfg"], "dtype": cfg["dtype"]}
+    refuse_broken_model(m)
     run = cfg.get("run_name") or m["run"]
     out = Path(cfg["out_dir"]) if Path(cfg["out_dir"]).is_absolute() else REPO / cfg["out_dir"]
     res_dir = out / run / (Path(m["model_cfg"]["name_or_path"]).name

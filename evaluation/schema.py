@@ -9,6 +9,7 @@ pooled over the n_runs runs):
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,24 @@ class SchemaError(ValueError):
     pass
 
 
+def _nonfinite(x, key: str):
+    """The first `key[...]` whose number is NaN or infinite (nested dicts and lists searched), else None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return key
+    children = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    return next((bad for k, v in children if (bad := _nonfinite(v, f"{key}[{k!r}]"))), None)
+
+
+def run_failure(info: dict) -> str | None:
+    """Why a run's run_info.json marks it as failed (it stopped on divergence or an error), else None. A run
+    in progress has no run_info.json, and one written before runs could fail has no `finished`: both pass."""
+    if info.get("error"):
+        return f"training failed: {info['error']}"
+    if info.get("finished") is False:
+        return "training did not finish (run_info.json says finished: false)"
+    return None
+
+
 def validate(obj: dict, where: str = "<result>") -> dict:
     for key, typ in REQUIRED.items():
         if key not in obj:
@@ -52,6 +71,11 @@ def validate(obj: dict, where: str = "<result>") -> dict:
             raise SchemaError(f"{where}: {key!r} should be {typ}, got {type(obj[key]).__name__}")
     if obj["n"] < 0 or obj["n_runs"] < 1:
         raise SchemaError(f"{where}: n must be >= 0 and n_runs >= 1")
+    # json writes and reads NaN and Infinity without complaint, and a NaN score averages into a table
+    bad = next((b for key in ("value", "stderr", "metrics") if (b := _nonfinite(obj.get(key), key))), None)
+    if bad:
+        raise SchemaError(f"{where}: {bad} is not a finite number; a model with NaN/Inf weights or logits "
+                          "(a diverged run) gives these, and no table may average them")
     return obj
 
 

@@ -9,6 +9,10 @@ that ships offline has 5 options while the Hub default has 4.
 
 Local files are JSONL (one object a line), a JSON list, or parquet. Every row is checked for the fields the
 benchmark needs, and a bad row is reported as file:line with the missing key.
+
+`preflight` runs before any model loads: it applies the rule to every benchmark of the evaluation and, when
+the Hub is needed, checks once that it answers, so missing data is reported for all benchmarks at once (with
+`make eval-data` for the ones that ship offline) instead of one at a time after the Hub client's retries.
 """
 
 from __future__ import annotations
@@ -50,17 +54,19 @@ def local_files(bench: dict) -> list[Path]:
     return out
 
 
-def choose_source(bench: dict) -> str:
-    """'local' or 'hub' for a benchmark config, by the rule in the module docstring."""
+def choose_source(bench: dict, offline: bool | None = None) -> str:
+    """'local' or 'hub' for a benchmark config, by the rule in the module docstring (offline=None: from
+    HF_HUB_OFFLINE)."""
+    offline = hub_offline() if offline is None else offline
     name, src = bench["name"], bench.get("source", "auto")
     if src not in ("auto", "local", "hub"):
         raise ValueError(f"bench.{name}.source must be auto, local or hub, got {src!r}")
     files = local_files(bench)
     have_local = bool(files) and all(f.exists() for f in files)
     if src == "auto":
-        if have_local and (bench.get("prefer_local", True) or hub_offline() or not bench.get("hub")):
+        if have_local and (bench.get("prefer_local", True) or offline or not bench.get("hub")):
             src = "local"
-        elif bench.get("hub") and not hub_offline():
+        elif bench.get("hub") and not offline:
             src = "hub"
         else:
             src = "local"
@@ -71,10 +77,59 @@ def choose_source(bench: dict) -> str:
         raise DataFormatError(
             f"benchmark {name!r}: {where}. Either {hint} or point it at a local copy: "
             f"bench.{name}.local.{'data_dir' if 'data_dir' in (bench.get('local') or {}) else 'data_files'}=<path>"
-            + ("" if hub_offline() or not bench.get("hub") else f", or use the Hub: bench.{name}.source=hub"))
+            + ("" if offline or not bench.get("hub") else f", or use the Hub: bench.{name}.source=hub"))
     if src == "hub" and not bench.get("hub"):
         raise ValueError(f"benchmark {name!r} has no Hub source; set bench.{name}.local")
     return src
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hub endpoint answers at all (any HTTP status), through the proxies the Hub client uses."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _data_problem(bench: dict, hub_ok) -> str | None:
+    """Why a benchmark cannot get its data here, or None. hub_ok() is asked only when the Hub is needed."""
+    name = bench["name"]
+    try:
+        if choose_source(bench) == "local" or hub_ok():
+            return None
+    except ValueError as e:  # DataFormatError (missing files) and bad source settings alike
+        return str(e)
+    why = "HF_HUB_OFFLINE=1" if hub_offline() else "the Hub is unreachable from here"
+    if bench.get("source") == "hub":
+        return f"benchmark {name!r}: bench.{name}.source=hub, but {why}; point bench.{name}.local at a copy"
+    try:
+        choose_source(bench, offline=True)  # without the Hub, auto means the local files: name the missing
+    except ValueError as e:
+        return f"{e} ({why})"
+    return None
+
+
+def preflight(benches: list[dict], extra: list[str] = ()) -> None:
+    """Raise one DataFormatError listing every benchmark whose data is neither here nor on a reachable Hub,
+    and the `extra` problems the caller found (files a benchmark needs besides its items)."""
+    online: list[bool] = []
+
+    def hub_ok() -> bool:
+        if not online:  # one probe for the whole suite
+            online.append(not hub_offline() and hub_reachable())
+        return online[0]
+
+    problems = [p for b in benches if (p := _data_problem(b, hub_ok))] + list(extra)
+    if problems:
+        raise DataFormatError(
+            f"{len(problems)} data problem(s) for {len(benches)} benchmarks (nothing was evaluated):\n  - "
+            + "\n  - ".join(problems)
+            + "\n`make eval-data` (python -m evaluation.data_bundle) fetches every benchmark that ships "
+              "offline; the others need your own copy (bench.<name>.local) or access to the Hub.")
 
 
 def read_rows(path: Path) -> list[dict]:
