@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from data_pipeline.files import git_sha, sha256_file
+from data_pipeline.files import git_sha, repo_relative, sha256_file
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.models import REPO, load_model, load_tokenizer, resolve
 from training.objective import MetricsCallback, Objective, resolve_fused
@@ -163,7 +163,7 @@ def main(cfg) -> dict:
     manifest = Path(train_file).parent / "manifest.json"
     info = {
         "run": cfg.run_name, "model": cfg.model.name, "method": cfg.method.name, "data": cfg.data.name,
-        "seed": cfg.seed, "git_sha": git_sha(), "data_file": train_file, "data_sha256": sha256_file(train_file),
+        "seed": cfg.seed, "git_sha": git_sha(), "data_file": repo_relative(train_file), "data_sha256": sha256_file(train_file),
         "fused_loss": fused,
         "data_manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
         "data_counts": counts, "resumed_from": last, "world_size": args.world_size,
