@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.results import repo_path
 from analysis.summaries import (
     conflict_summary,
     masked_sft_thresholds,
@@ -36,8 +35,7 @@ from analysis.summaries import (
     topk_correlation,
 )
 from analysis.token_stats import compute, load, read_token_stats
-from data_pipeline.files import sha256_file
-from data_pipeline.output import shown
+from data_pipeline.files import repo_path, repo_relative, sha256_file
 from training.data import build_examples, read_chat_jsonl
 from training.models import load_tokenizer
 from training.precompute import precomputed_path
@@ -68,13 +66,13 @@ def conflicts_in_context(df: pd.DataFrame, examples: list[dict], tokenizer, n: i
 
 def precomputed_thresholds(train_file: str, model_name: str, sha: str) -> dict | None:
     """training/precompute.py's Masked-SFT thresholds for this data and model, if computed from this file."""
-    path = precomputed_path(train_file, model_name)
+    path = precomputed_path(repo_path(train_file), model_name)
     if not path.exists():
         return None
     pre = json.loads(path.read_text())
     if pre.get("data_sha256") != sha:
         return None
-    return {"path": str(path), **pre["masked_sft"]}
+    return {"path": repo_relative(path), **pre["masked_sft"]}
 
 
 def build_report(df: pd.DataFrame, meta: dict, conflicts: list[dict], q: float = 0.15, k: int = 20,
@@ -82,7 +80,7 @@ def build_report(df: pd.DataFrame, meta: dict, conflicts: list[dict], q: float =
     corr = topk_correlation(df, meta.get("vocab_size"))
     k20 = corr[corr["k"] == k]
     report = {
-        "model": meta["model"], "data": meta["data"], "data_file": meta["data_file"], "rows": meta["rows"],
+        "model": meta["model"], "data": meta["data"], "data_file": repo_relative(meta["data_file"]), "rows": meta["rows"],
         "examples": int(df["example"].nunique()), "counts": meta["counts"],
         "conflicts": conflict_summary(df), "regions": region_shares(df),
         "quantiles": quantiles(df, QUANTILE_COLUMNS).to_dict(orient="index"),
@@ -167,7 +165,7 @@ READING = (
 def render(rep: dict) -> str:
     t, m = rep["topk_correlation"], rep["masked_sft"]
     lines = [f"# Confident-conflict audit: {rep['model']} on {rep['data']}", "",
-             (f"Data: `{shown(rep['data_file'])}`, {rep['examples']} examples scored ({rep['rows']} rows read), "
+             (f"Data: `{repo_relative(rep['data_file'])}`, {rep['examples']} examples scored ({rep['rows']} rows read), "
               f"{rep['conflicts']['tokens']:,} supervised tokens."),
              "", "## Confident conflicts (H < 0.5 nats and p < 0.1)", "", *conflict_lines(rep),
              "", "## Quantiles", "", *quantile_lines(rep),
@@ -204,10 +202,14 @@ def from_stats(cfg, path) -> tuple[pd.DataFrame, dict, list[dict], object]:
     df, meta = read_token_stats(repo_path(path))
     if meta.get("rollouts"):
         raise ValueError(f"{path} holds rollout statistics; the audit reads the data's (rollouts=false) file")
-    if sha256_file(meta["data_file"]) != meta["data_sha256"]:
+    data_file = repo_path(meta["data_file"])  # recorded relative to the repository root
+    if not data_file.exists():
+        raise FileNotFoundError(f"{path} was computed from {meta['data_file']}, which is not here; build it (make data "
+                                f"DOMAIN={meta['data']}) or run analysis.token_stats on the data you have")
+    if sha256_file(data_file) != meta["data_sha256"]:
         raise ValueError(f"{meta['data_file']} changed since {path} was written; run analysis.token_stats again")
     tokenizer = load_tokenizer(cfg.model)
-    rows = read_chat_jsonl(meta["data_file"])[: meta["rows"]]
+    rows = read_chat_jsonl(data_file)[: meta["rows"]]
     examples, _ = build_examples(rows, tokenizer, cfg.data.max_length, cfg.data.overlong)
     return df, meta, examples, tokenizer
 

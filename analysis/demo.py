@@ -28,7 +28,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-REPO = Path(__file__).resolve().parents[1]
+from data_pipeline.files import REPO, repo_path, repo_relative
+
 CONFIGS = REPO / "configs"
 
 
@@ -40,11 +41,6 @@ def compose_cfg(name: str, overrides: list[str]):
         return compose(name, overrides=overrides)
     with initialize_config_dir(str(CONFIGS), version_base=None):
         return compose(name, overrides=overrides)
-
-
-def repo_path(p: str | Path) -> Path:
-    p = Path(p)
-    return p if p.is_absolute() else REPO / p
 
 
 class Timer:
@@ -124,6 +120,12 @@ def setup(cfg) -> Path:
     return train_file
 
 
+def mechanism_key(cfg, train_file: Path) -> dict:
+    """What mechanism.json was computed from; the file is reused while this matches (in any checkout)."""
+    return {"model": cfg.model.name, "train_file": repo_relative(train_file),
+            "limit": cfg.demo_profile.mechanism.limit}
+
+
 def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
     """Confident-conflict share and top-20/full entropy correlation of the training data under the base model."""
     from analysis.fig_tokens import landscape
@@ -134,7 +136,7 @@ def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
     out = repo_path(cfg.out_dir)
     cache = out / "mechanism.json"
     limit = cfg.demo_profile.mechanism.limit
-    key = {"model": cfg.model.name, "train_file": str(train_file), "limit": limit}
+    key = mechanism_key(cfg, train_file)
     if cache.exists() and json.loads(cache.read_text()).get("key") == key:
         timer.skip()
         return json.loads(cache.read_text())
@@ -164,11 +166,13 @@ def base_run_name(cfg) -> str:
 
 
 def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
-    """The training.train config of one demo run."""
+    """The training.train config of one demo run. Its paths are repository-relative: the resolved config is kept
+    and committed (config.yaml), and `reuse_kept` compares it in whatever checkout runs the demo."""
     t = cfg.demo_profile.train
     overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={method}", "trainer=cpu",
-                 f"seed={seed}", f"run_name={run_name(cfg, method, seed)}", f"out_dir={repo_path(cfg.runs_dir)}",
-                 f"data.train_file={train_file}", f"data.max_length={t.max_length}",
+                 f"seed={seed}", f"run_name={run_name(cfg, method, seed)}",
+                 f"out_dir={repo_relative(repo_path(cfg.runs_dir))}",
+                 f"data.train_file={repo_relative(train_file)}", f"data.max_length={t.max_length}",
                  f"trainer.bf16={str(bf16).lower()}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
     return compose_cfg("train", overrides)
 
@@ -228,8 +232,8 @@ def drop_checkpoints(run_dir: Path) -> None:
 
 def kept_and_evaluated(cfg, method: str, seed: int, train_file: Path, bf16: bool) -> bool:
     """True when the repository already holds this run, made by this command: its kept log (<out_dir>/runs/<run>/)
-    says it finished with exactly this training config (absolute paths included, so only in a checkout at the
-    same path) and every evaluation group has a result in <metrics_dir>/<run>/. With reuse_kept=true such a run is
+    says it finished with exactly this training config (whose paths are repository-relative, so in any checkout)
+    and every evaluation group has a result in <metrics_dir>/<run>/. With reuse_kept=true such a run is
     neither retrained nor re-evaluated: how a run longer than one sitting is finished across fresh checkouts,
     since runs/ (the weights) is not committed."""
     name = run_name(cfg, method, seed)

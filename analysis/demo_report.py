@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from data_pipeline.files import repo_path
 from evaluation.likelihood import ratio_stats
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_NLL, TARGET_ACC, DRIFT = "target_nll", "gsm8k_heldout", "general_kl"
 LOWER_IS_BETTER = {TARGET_NLL, DRIFT, "base_answer_nll"}
 
@@ -302,8 +302,7 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
     evaluated yet (a report of a run in progress says so at the top)."""
     from analysis.plotting import save
 
-    metrics_dir = Path(cfg.metrics_dir) if Path(cfg.metrics_dir).is_absolute() else REPO / cfg.metrics_dir
-    out = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else REPO / cfg.out_dir
+    metrics_dir, out = repo_path(cfg.metrics_dir), repo_path(cfg.out_dir)
     df, loaded = summary_frame(metrics_dir, base, runs)
     cols = [which or bench for bench, which in columns(loaded[base])]
     cols.insert(next((i for i, c in enumerate(cols) if c == DRIFT), len(cols)), "mini_avg")
@@ -358,7 +357,7 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
 
 def main(cfg) -> dict:
     """Re-render the report from results/metrics and <out_dir>/{mechanism,timing}.json, without a model."""
-    out = Path(cfg.out_dir) if Path(cfg.out_dir).is_absolute() else REPO / cfg.out_dir
+    out = repo_path(cfg.out_dir)
     missing = [f for f in ("mechanism.json", "timing.json") if not (out / f).exists()]
     if missing:
         raise FileNotFoundError(f"{out}: no {', '.join(missing)}; run `{cfg.demo_profile.command}` first")

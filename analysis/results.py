@@ -25,15 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from data_pipeline.files import repo_path  # noqa: F401 - analysis.tables imports it from here
 from evaluation.schema import SchemaError, read_result, run_failure
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def repo_path(p: str | Path) -> Path:
-    """An absolute path as is; a relative one against the repository root (Hydra may change the cwd)."""
-    p = Path(p)
-    return p if p.is_absolute() else REPO / p
 
 
 BENCHMARK_DOMAIN = {

@@ -39,7 +39,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_pipeline.files import git_sha, sha256_file
+from data_pipeline.files import git_sha, repo_relative, sha256_file
 from training.data import IGNORE_INDEX, ChatCollator, build_examples, read_chat_jsonl
 from training.losses import Tokens, eaft_gate, full_entropy, supervised_tokens, topk_entropy
 from training.models import REPO, load_model, load_tokenizer, resolve
@@ -210,7 +210,7 @@ def compute(cfg, rollouts: bool | None = None, loaded: dict | None = None) -> tu
     df = token_frame(model, tokenizer, examples, ks, hparams, cfg.batch_size,
                      desc="rollout stats" if rollouts else "token stats")
     meta = {"model": cfg.model.name, "model_path": cfg.model.get("name_or_path"), "data": cfg.data.name,
-            "data_file": str(ld["train_file"]), "data_sha256": sha256_file(ld["train_file"]), "rows": len(ld["rows"]),
+            "data_file": repo_relative(ld["train_file"]), "data_sha256": sha256_file(ld["train_file"]), "rows": len(ld["rows"]),
             "limit": cfg.limit, "counts": counts, "rollouts": bool(rollouts), "generation": gen if rollouts else None,
             "topk": ks, "gate": {"method": cfg.method.name, **hparams}, "vocab_size": len(tokenizer),
             "seed": cfg.seed, "git_sha": git_sha()}

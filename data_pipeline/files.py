@@ -1,4 +1,5 @@
-"""Small file helpers shared by every stage: atomic writes, JSONL reading with line numbers, hashes.
+"""Small file helpers shared by every stage: atomic writes, JSONL reading with line numbers, hashes, and how paths
+are recorded (relative to the repository root) and read back.
 
 Every file the pipeline writes goes to a temporary name in the same folder and is renamed into place, so a
 killed process leaves either the old file or the new one, never half of one (rename is atomic on POSIX).
@@ -15,6 +16,29 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: str | Path) -> str:
+    """A path as records (manifests, results, run logs) store it: relative to the repository root when it lies
+    inside it, so committed files read the same on every clone. A relative path as given (`./data/x`, or a Hub id
+    `org/name` that only looks like one), and a path outside the repository, come back unchanged."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        if Path.cwd().resolve() == REPO or not p.exists():
+            return str(path)
+        p = Path.cwd() / p  # an existing path given relative to another working directory
+    # the path as written first (a symlinked folder inside the repository stays inside), then the real one
+    for cand in (Path(os.path.normpath(p)), p.resolve()):
+        if cand.is_relative_to(REPO):
+            return cand.relative_to(REPO).as_posix()
+    return str(path) if Path(path).is_absolute() else str(p)
+
+
+def repo_path(path: str | Path) -> Path:
+    """A recorded path back as a Path: an absolute one as is, a relative one against the repository root (not the
+    working directory, which Hydra jobs, tests and other tools change)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO / p
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -15,17 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.files import atomic_write_json, atomic_write_jsonl, sha256_file
+from data_pipeline.files import atomic_write_json, atomic_write_jsonl, repo_relative, sha256_file
 from data_pipeline.records import RejectLog
 
 ROW_KEYS = ("id", "source", "source_ref", "problem", "messages", "tools", "answer")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shown(path: str | Path) -> str:
-    """A path as the manifest records it: relative to the repository when inside it (portable manifests)."""
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None):
@@ -102,13 +95,13 @@ def split_stats(rows: list[dict]) -> dict:
 def write_split(out_dir: Path, name: str, rows: list[dict]) -> dict:
     path = out_dir / f"{name}.jsonl"
     atomic_write_jsonl(path, ({k: r[k] for k in ROW_KEYS if r.get(k) is not None} for r in rows))
-    return {"file": shown(path), "rows": len(rows), "sha256": sha256_file(path)}
+    return {"file": repo_relative(path), "rows": len(rows), "sha256": sha256_file(path)}
 
 
 def write_rejects(out_dir: Path, rejects: RejectLog, manifest_limit: int) -> dict:
     path = out_dir / "rejected.jsonl"
     rejects.save(path)
-    return {"file": shown(path), "sha256": sha256_file(path), "total": len(rejects), "counts": rejects.counts(),
+    return {"file": repo_relative(path), "sha256": sha256_file(path), "total": len(rejects), "counts": rejects.counts(),
             "counts_by_source": rejects.counts_by_source(), "rows": rejects.rows[:manifest_limit],
             "rows_truncated": len(rejects) > manifest_limit}
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.files import iter_jsonl, sha256_file
+from data_pipeline.files import iter_jsonl, repo_relative, sha256_file
 from data_pipeline.records import Rejected, RejectLog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,9 +71,7 @@ def iter_rows(spec, info: dict) -> Iterator[tuple[int, dict | None, str | None]]
     loader = spec.get("loader", "hf")
     if loader in ("jsonl", "pypi"):
         path = _file_for(spec)
-        from data_pipeline.output import shown
-
-        info.update(file=shown(path), sha256=sha256_file(path))
+        info.update(file=repo_relative(path), sha256=sha256_file(path))
         for lineno, obj, err in iter_jsonl(path, progress=f"read {spec['name']}"):
             yield lineno - 1, obj, err
         return

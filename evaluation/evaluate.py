@@ -26,8 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline.files import git_sha
-from data_pipeline.output import shown  # repository-relative, so committed results read on any clone
+from data_pipeline.files import git_sha, repo_relative  # recorded paths: the same on any clone
 from evaluation.context import EvalContext
 from evaluation.schema import run_failure, write_result
 from evaluation.sources import preflight
@@ -234,11 +233,11 @@ def main(cfg) -> dict:
         part = _runner(bench["kind"], bench.get("mode"))(bench, ctx)
         mc = m["model_cfg"]
         model_id = (f"{mc['name']} (from_config: random init, seed {cfg['seed']})" if mc.get("from_config")
-                    else str(mc["name_or_path"]))
+                    else repo_relative(mc["name_or_path"]))
         result = {"run": run, "model": model_id, "method": m["method"],
-                  "benchmark": name, **part, "git_sha": git_sha(),
+                  "benchmark": name, **part, "data_source": repo_relative(part["data_source"]), "git_sha": git_sha(),
                   "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                  "step": m["step"], "items_file": shown(ctx.items_dir / f"{name}.jsonl")}
+                  "step": m["step"], "items_file": repo_relative(ctx.items_dir / f"{name}.jsonl")}
         if m["domain"]:
             result["domain"] = m["domain"]
         path = write_result(res_dir / f"{name}.json", result)

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from data_pipeline.files import git_sha, sha256_file
+from data_pipeline.files import git_sha, repo_relative, sha256_file
 from training.checkpoints import CheckpointMarker, newest_verified, set_aside, step_of
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.guards import (
@@ -212,10 +212,11 @@ def _train(cfg, run_dir: Path, rank0: bool) -> dict:
     manifest = Path(train_file).parent / "manifest.json"
     info = {
         "run": cfg.run_name, "model": cfg.model.name, "method": cfg.method.name, "data": cfg.data.name,
-        "seed": cfg.seed, "git_sha": git_sha(), "data_file": train_file, "data_sha256": sha256_file(train_file),
+        "seed": cfg.seed, "git_sha": git_sha(), "data_file": repo_relative(train_file),
+        "data_sha256": sha256_file(train_file),
         "fused_loss": fused,
         "data_manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
-        "data_counts": counts, "resumed_from": str(last) if last else None, "world_size": args.world_size,
+        "data_counts": counts, "resumed_from": repo_relative(last) if last else None, "world_size": args.world_size,
         "global_step": trainer.state.global_step,
         "train_loss": whole_run_train_loss(run_dir / "metrics.jsonl"),
         "train_runtime_s": result.metrics.get("train_runtime"),
