@@ -242,3 +242,42 @@ def test_killed_and_requeued_training_resumes_to_the_same_loss(cluster, tmp_path
     wa, wb = load_file(run / "final" / "model.safetensors"), load_file(ref_run / "final" / "model.safetensors")
     for k in wb:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_case7_requeue_after_a_corrupt_checkpoint_resumes_from_the_last_complete_one(cluster, tmp_path):
+    """A job whose newest checkpoint was damaged (a truncated safetensors file, as a full disk or a kill during the
+    save leaves it) is requeued: it must skip that checkpoint, name it, resume from the one before and finish,
+    not crash on every requeue. Requeued once more after finishing, it must do nothing."""
+    env, logs = cluster, tmp_path / "logs"
+    logs.mkdir()
+    cmd = ["sbatch", "--parsable", f"--chdir={REPO}", f"--output={logs}/%x-%A_%a.out", "--job-name=corrupt",
+           "--cpus-per-task=1", "slurm/train.sbatch", "model=tiny", "data=tiny", "method=eaft", "trainer=tiny",
+           "trainer.max_steps=12", "trainer.save_steps=4", f"out_dir={tmp_path / 'out'}"]
+    job = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    wait(env, [job], logs, timeout=600)
+    assert_completed(env, job, logs)
+    run = tmp_path / "out" / "tiny-tiny-eaft-s42"
+    shutil.rmtree(run / "final")
+    (run / "run_info.json").unlink()
+    weights = run / "checkpoint-12" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    def requeue_and_wait() -> str:
+        slurm(env, "scontrol", "requeue", job)
+        time.sleep(1)
+        wait(env, [job], logs, timeout=600)
+        assert_completed(env, job, logs)
+        return next(logs.glob(f"corrupt-{job}_*.out")).read_text()
+
+    log = requeue_and_wait()
+    assert f"skipping {run / 'checkpoint-12'}: " in log and "model.safetensors has" in log
+    assert attempts_resumed_in(log) == [8]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["finished"] and info["global_step"] == 12 and (run / "rejected-checkpoint-12").is_dir()
+    log = requeue_and_wait()
+    assert "already finished at step 12" in log and attempts_resumed_in(log) == [8]
+    assert json.loads((run / "run_info.json").read_text()) == info
+
+
+def attempts_resumed_in(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"resuming from \S+/checkpoint-(\d+)", text)]
