@@ -11,8 +11,10 @@
 
 Every stage forwards Hydra overrides to its entry point (the slurm/*.sbatch scripts); nothing here reads the
 training configs except each method's `precomputed` key, to know whether FLOW / Masked-SFT need the precompute
-job. Run names are set explicitly (`run_name=<model>-<data>-<method>-s<seed>`, the configs' own pattern), so the
-evaluation array knows where each training task writes. Site settings (partition, account, time limits, modules,
+job. Training uses `trainer=paper` unless --train-args names another trainer, and a GPU grid with a CPU trainer
+(`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted. Run names are set explicitly
+(`run_name=<model>-<data>-<method>-s<seed>`, the configs' own pattern), so the evaluation array knows where each
+training task writes. Site settings (partition, account, time limits, modules,
 container) come from slurm/site.local.sh, or the file in $EAFT_SITE (see slurm/site.example.sh). A manifest of
 every job (id, command, dependency) is written to <logs>/submit-<time>.json.
 """
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TRAINER = "paper"  # configs/train.yaml defaults to trainer=tiny, the CPU test trainer: never on a cluster
 
 
 def site_env(path: Path) -> dict[str, str]:
@@ -74,6 +77,39 @@ def needs_precompute(method: str) -> bool:
     if not path.exists():
         raise SystemExit(f"unknown method {method!r}: no {path.relative_to(REPO)}")
     return bool(OmegaConf.load(path).get("precomputed"))
+
+
+def with_trainer(overrides: list[str], default: str = DEFAULT_TRAINER) -> tuple[list[str], bool]:
+    """The training overrides with a `trainer=` choice: the given one, else `default` put first (so that a later
+    trainer.* override still applies on top). Returns (overrides, whether the default was added)."""
+    if any(o.lstrip("+").startswith("trainer=") for o in overrides):
+        return overrides, False
+    return [f"trainer={default}", *overrides], True
+
+
+def trainer_settings(overrides: list[str]) -> tuple[str, dict]:
+    """(trainer name, its settings after any trainer.* override): what each training job will run with."""
+    from omegaconf import OmegaConf
+
+    name = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("trainer=")][-1]
+    path = REPO / "configs" / "trainer" / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"trainer={name}: no {path.relative_to(REPO)} (one of "
+                         f"{sorted(p.stem for p in path.parent.glob('*.yaml'))})")
+    dots = [o.lstrip("+").removeprefix("trainer.") for o in overrides if o.lstrip("+").startswith("trainer.")]
+    return name, OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(dots)))
+
+
+def check_trainer(overrides: list[str], gpus_per_node: int, where: str) -> None:
+    """A GPU job must not get a CPU trainer (trainer=tiny and trainer=cpu set use_cpu: true): it would hold the
+    node's GPUs and train on its CPUs, with the test-sized settings."""
+    name, settings = trainer_settings(overrides)
+    if gpus_per_node > 0 and settings.get("use_cpu"):
+        raise SystemExit(
+            f"{where}: trainer={name} sets use_cpu: true (configs/trainer/{name}.yaml), but the training jobs "
+            f"ask for {gpus_per_node} GPU(s) per node and would train on the CPU. Pass --train-args "
+            f"\"trainer=paper ...\" (the paper's settings), or trainer.use_cpu=false, or --gpus-per-node 0 for a "
+            "CPU-only cluster")
 
 
 def data_needs_gpus(domain: str, data_args: list[str]) -> bool:
@@ -151,7 +187,8 @@ def main(argv=None) -> dict:
     p.add_argument("--metrics-dir", default="results/metrics")
     p.add_argument("--tables-dir", default="results/tables")
     p.add_argument("--no-eval-base", action="store_true", help="skip evaluating the base models")
-    p.add_argument("--train-args", default="", help="Hydra overrides for training (and precompute)")
+    p.add_argument("--train-args", default="", help="Hydra overrides for training (and precompute); without "
+                                                    f"trainer=NAME, trainer={DEFAULT_TRAINER}")
     p.add_argument("--model-args", action="append", default=[], help='MODEL="overrides": one model only')
     p.add_argument("--eval-args", default="", help="Hydra overrides for evaluation.evaluate")
     p.add_argument("--data-args", default="", help="Hydra overrides for data_pipeline.build")
@@ -171,7 +208,13 @@ def main(argv=None) -> dict:
     nodes = per_model(args.nodes, models, 1)
     model_args = per_model_args(args.model_args, models)
     res = {k: shlex.split(env.get(f"EAFT_{k.upper()}_SBATCH", "")) for k in ("data", "train", "eval", "cpu")}
-    train_common = shlex.split(args.train_args) + [f"out_dir={args.runs_dir}"]
+    train_common, defaulted = with_trainer(shlex.split(args.train_args))
+    train_common.append(f"out_dir={args.runs_dir}")
+    if defaulted:
+        print(f"[submit] no trainer= in --train-args: training uses trainer={DEFAULT_TRAINER} "
+              f"(configs/trainer/{DEFAULT_TRAINER}.yaml)", file=sys.stderr)
+    for model in models:
+        check_trainer([*train_common, *model_args[model]], g, f"--train-args/--model-args for {model}")
     data_common = [f"data={args.data}"]
     if args.data_dir:
         data_common.append(f"data.train_file={Path(args.data_dir) / 'train.jsonl'}")
