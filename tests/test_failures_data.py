@@ -97,3 +97,98 @@ def test_case9_tool_call_turns_with_empty_content_are_not_warned(tmp_path, tok):
         warnings.simplefilter("error")
         _, counts = build_examples(read_chat_jsonl(write_rows(tmp_path / "t.jsonl", GOOD, call)), tok, 512)
     assert "empty_assistant_turns" not in counts
+
+
+# --- item 5: the data build must not shrink or go stale silently ------------------------------------------------
+
+GSM8K_FIX = REPO / "tests" / "fixtures" / "data" / "gsm8k_test.jsonl"
+TINY_TOK = str(REPO / "tests" / "assets" / "tiny-tokenizer")
+
+
+def gsm8k_source(tmp_path: Path) -> Path:
+    """Six clean GSM8K rows (every one verifies under the reference teacher), as a local source file."""
+    lines = GSM8K_FIX.read_bytes().splitlines(keepends=True)
+    path = tmp_path / "src" / "gsm8k.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"".join(lines[i] for i in (0, 1, 6, 7, 8, 9)))
+    return path
+
+
+def build(source: Path, out_dir: Path, *overrides: str, n_train: int = 6):
+    from omegaconf import OmegaConf
+
+    from data_pipeline.build import main
+
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        cfg = compose("data_build", overrides=["domain=math", f"out_dir={out_dir}", *overrides])
+    updates = {"sources": [{"name": "gsm8k", "adapter": "gsm8k", "loader": "jsonl", "path": str(source)}],
+               "pool": {"size": None}, "heldout": {"n": 0}, "tokenizer": TINY_TOK, "max_length": 4096,
+               "teacher": {"backend": "reference", "reference_format": "boxed", "chunk_size": 3},
+               "select.n_train": n_train}
+    for key, value in updates.items():
+        OmegaConf.update(cfg, f"domain.{key}", value, force_add=True)
+    return main(cfg)
+
+
+def test_case5_clean_source_builds_the_rows_asked_for(tmp_path):
+    assert build(gsm8k_source(tmp_path), tmp_path / "out")["train"] == 6
+
+
+def test_case5_truncated_source_is_an_error(tmp_path):
+    src = gsm8k_source(tmp_path)
+    src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])  # cut in the middle of a line
+    with pytest.raises(RuntimeError, match=r"only \d of the 6 training rows asked for .*malformed_json.*"
+                                           r"allow_short=true"):
+        build(src, tmp_path / "out")
+    assert not (tmp_path / "out" / "train.jsonl").exists() and not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_case5_bad_json_line_is_an_error(tmp_path):
+    src = gsm8k_source(tmp_path)
+    lines = src.read_text().splitlines(keepends=True)
+    src.write_text("".join(lines[:2]) + '{"question": "broken\n' + "".join(lines[3:]))
+    with pytest.raises(RuntimeError, match=r"only 5 of the 6 training rows"):
+        build(src, tmp_path / "out")
+
+
+def test_case5_short_build_with_allow_short_writes_and_records_the_shortfall(tmp_path):
+    out = build(gsm8k_source(tmp_path), tmp_path / "out", "allow_short=true", n_train=10)
+    assert out["train"] == 6 and out["short_by"] == 4
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["short_by"] == 4
+
+
+def test_case5_short_chat_build_is_an_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from data_pipeline.build import main
+
+    fix = REPO / "tests" / "fixtures" / "data"
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        cfg = compose("data_build", overrides=["domain=agent", f"out_dir={tmp_path}"])
+    for key, value in {"sources": [{"name": "tc", "adapter": "nemotron_agentic", "loader": "jsonl",
+                                    "path": str(fix / "nemotron_agentic_tool_calling.jsonl"),
+                                    "options": {"non_thinking": "select"}}],
+                       "tokenizer": TINY_TOK, "max_length": 4096,
+                       "chat_template": str(fix / "qwen3_instruct_2507.jinja")}.items():
+        OmegaConf.update(cfg, f"domain.{key}", value, force_add=True)
+    with pytest.raises(RuntimeError, match=r"only 1 of the 20000 training rows"):
+        main(cfg)
+    assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_case5_non_utf8_byte_in_a_source_is_an_error_with_file_and_line(tmp_path):
+    src = gsm8k_source(tmp_path)
+    lines = src.read_bytes().splitlines(keepends=True)
+    src.write_bytes(b"".join(lines[:3]) + lines[3].replace(b"reads", b"r\xffads") + b"".join(lines[4:]))
+    with pytest.raises(ValueError, match=rf"{src}:4: byte 0xff at byte \d+ of the line is not UTF-8"):
+        build(src, tmp_path / "out")
+
+
+def test_case5_changed_source_invalidates_the_prepare_cache(tmp_path):
+    src, out = gsm8k_source(tmp_path), tmp_path / "out"
+    build(src, out, "stage=prepare")
+    src.write_text("".join(src.read_text().splitlines(keepends=True)[:5]))  # same path, other contents
+    for stage in ("generate", "finalize"):
+        with pytest.raises(RuntimeError, match=rf"prepared from other contents of gsm8k \({src}\).*overwrite=true"):
+            build(src, out, f"stage={stage}")
+    assert build(src, out, "overwrite=true", n_train=5)["train"] == 5
