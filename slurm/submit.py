@@ -70,13 +70,29 @@ def per_model_args(values: list[str], models: list[str]) -> dict[str, list[str]]
     return out
 
 
-def needs_precompute(method: str) -> bool:
+def method_config(method: str):
     from omegaconf import OmegaConf
 
     path = REPO / "configs" / "method" / f"{method}.yaml"
     if not path.exists():
         raise SystemExit(f"unknown method {method!r}: no {path.relative_to(REPO)}")
-    return bool(OmegaConf.load(path).get("precomputed"))
+    return OmegaConf.load(path)
+
+
+def needs_precompute(method: str) -> bool:
+    return bool(method_config(method).get("precomputed"))
+
+
+def precompute_method(methods: list[str]) -> str | None:
+    """The Masked-SFT method whose q and k the precompute job uses: one file per model and data holds one set of
+    thresholds, so the grid's Masked-SFT methods must agree on q and k (training refuses a mismatch later)."""
+    masked = {m: dict(method_config(m).get("hparams") or {}) for m in methods
+              if method_config(m).get("precomputed") == "masked_sft"}
+    qk = {m: (hp.get("q"), hp.get("k")) for m, hp in masked.items()}
+    if len(set(qk.values())) > 1:
+        raise SystemExit(f"--methods: the Masked-SFT methods need thresholds for different q, k {qk}; one "
+                         "precompute file holds one pair: submit them as separate grids (another --data-dir)")
+    return next(iter(masked), None)
 
 
 def with_trainer(overrides: list[str], default: str = DEFAULT_TRAINER) -> tuple[list[str], bool]:
@@ -213,6 +229,7 @@ def main(argv=None) -> dict:
     if defaulted:
         print(f"[submit] no trainer= in --train-args: training uses trainer={DEFAULT_TRAINER} "
               f"(configs/trainer/{DEFAULT_TRAINER}.yaml)", file=sys.stderr)
+    masked = precompute_method(methods)
     for model in models:
         check_trainer([*train_common, *model_args[model]], g, f"--train-args/--model-args for {model}")
     data_common = [f"data={args.data}"]
@@ -240,7 +257,8 @@ def main(argv=None) -> dict:
         train_after = list(ready)
         if any(needs_precompute(m) for m in methods):
             pre = s.sbatch(f"precompute-{model}", "precompute.sbatch",
-                           [f"model={model}", *data_common, *train_common, *model_args[model]], after=ready,
+                           [f"model={model}", *data_common, *([f"method={masked}"] if masked else []),
+                            *train_common, *model_args[model]], after=ready,
                            resources=[*gpus(min(g, 1)), *res["eval"]])
             train_after.append(pre)
         runs = [(m, seed, f"{model}-{args.data}-{m}-s{seed}") for m in methods for seed in seeds]

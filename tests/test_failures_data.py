@@ -5,10 +5,14 @@ data build (data_pipeline/), and the Masked-SFT precompute (training/precompute.
 """
 
 import json
+import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from training.data import DataError, build_examples, read_chat_jsonl
@@ -18,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 GOOD = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
 
 
-def train_cfg(*overrides):
+def train_cfg(*overrides, name="train"):
     with initialize_config_dir(str(REPO / "configs"), version_base=None):
-        return compose("train", overrides=list(overrides))
+        return compose(name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +196,104 @@ def test_case5_changed_source_invalidates_the_prepare_cache(tmp_path):
         with pytest.raises(RuntimeError, match=rf"prepared from other contents of gsm8k \({src}\).*overwrite=true"):
             build(src, out, f"stage={stage}")
     assert build(src, out, "overwrite=true", n_train=5)["train"] == 5
+
+
+# --- item 6: Masked-SFT precompute at paper scale, q and k from the method ---------------------------------------
+
+class TableModel(torch.nn.Module):
+    """A stand-in for the base model, cheap at any length: logits are a fixed random table row of the input id,
+    scaled by the position so that entropies and probabilities take many distinct values (a quantile that
+    interpolates differs from one that picks an element)."""
+
+    def __init__(self, vocab: int = 8):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, vocab)
+        torch.nn.init.normal_(self.table.weight, std=3.0, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, input_ids, attention_mask=None):
+        scale = 1 + torch.arange(input_ids.shape[1]) / input_ids.shape[1]
+        return SimpleNamespace(logits=self.table(input_ids) * scale[None, :, None])
+
+
+def synthetic_examples(monkeypatch, n_rows: int, length: int, vocab: int = 8) -> tuple[list[dict], list[dict]]:
+    """(rows, examples): n_rows rows of `length` tokens, every token after the first supervised, which precompute
+    gets in place of tokenizing the rows."""
+    import training.precompute as pc
+
+    g = torch.Generator().manual_seed(1)
+    examples = [{"input_ids": ids, "labels": ids, "row": i}
+                for i, ids in enumerate(torch.randint(0, vocab, (n_rows, length), generator=g).tolist())]
+    monkeypatch.setattr(pc, "build_examples", lambda rows, *a, **k: (examples, {}))
+    return [{}] * n_rows, examples
+
+
+def test_case6_precompute_thresholds_beyond_2_24_tokens(monkeypatch):
+    from training.precompute import compute
+
+    rows, _ = synthetic_examples(monkeypatch, n_rows=5, length=2 ** 22)
+    out = compute(TableModel(), SimpleNamespace(pad_token_id=0), rows, max_length=2 ** 22, batch_size=1)
+    ms = out["masked_sft"]
+    assert ms["n_tokens"] == 5 * (2 ** 22 - 1) > 2 ** 24
+    assert 0 < ms["entropy_threshold"] < math.log(8) and 0 < ms["prob_threshold"] < 1
+
+
+def test_case6_precompute_and_the_loss_use_one_quantile(monkeypatch):
+    from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
+    from training.precompute import ChatCollator, compute
+
+    rows, examples = synthetic_examples(monkeypatch, n_rows=6, length=50)
+    model = TableModel()
+    ms = compute(model, SimpleNamespace(pad_token_id=0), rows, max_length=50, batch_size=4, q=0.15, k=5)["masked_sft"]
+    batch = ChatCollator(0)(examples)
+    tok = supervised_tokens(model(batch["input_ids"]).logits, batch["labels"])
+    h, p = topk_entropy(tok.logits, 5), tok.prob
+    assert ms["entropy_threshold"] == _quantile(h, 0.15).item() and ms["prob_threshold"] == _quantile(p, 0.15).item()
+    # One definition: the lower empirical quantile (numpy's inverted_cdf), not torch.quantile's interpolation.
+    assert ms["entropy_threshold"] == pytest.approx(float(np.quantile(h.numpy(), 0.15, method="inverted_cdf")))
+    # Per-batch thresholds on the whole set and the precomputed ones give the same mask.
+    for mode in ("entropy", "entropy_and_prob"):
+        batch_gate = masked_sft_gate(tok, mode=mode, q=0.15, k=5)
+        pre_gate = masked_sft_gate(tok, mode=mode, q=0.15, k=5, entropy_threshold=ms["entropy_threshold"],
+                                   prob_threshold=ms["prob_threshold"])
+        assert torch.equal(batch_gate, pre_gate)
+
+
+@pytest.fixture
+def tiny_copy(tmp_path) -> Path:
+    path = tmp_path / "data" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_bytes((REPO / "tests" / "assets" / "tiny_chat.jsonl").read_bytes())
+    return path
+
+
+def test_case6_precompute_reads_q_and_k_from_the_method_and_records_them(tiny_copy):
+    from training.precompute import main
+
+    out = main(train_cfg(f"data.train_file={tiny_copy}", "method=masked_sft_pilot", "method.hparams.q=0.3",
+                         "method.hparams.k=5", name="precompute"))
+    ms = json.loads(Path(out["path"]).read_text())["masked_sft"]
+    assert {k: ms[k] for k in ("q", "k", "mode", "method")} == {"q": 0.3, "k": 5, "mode": "entropy_and_prob",
+                                                                 "method": "masked_sft_pilot"}
+
+
+def test_case6_precompute_for_a_method_without_q_and_k_is_refused_before_loading(tiny_copy):
+    from training.precompute import main
+
+    with pytest.raises(ValueError, match="method=eaft is not a Masked-SFT method"):
+        main(train_cfg(f"data.train_file={tiny_copy}", "method=eaft", name="precompute"))
+
+
+def test_case6_training_refuses_thresholds_made_for_another_q(tiny_copy):
+    from training.precompute import main as precompute
+    from training.train import method_inputs
+
+    precompute(train_cfg(f"data.train_file={tiny_copy}", name="precompute"))  # masked_sft: q 0.15, k 20
+    hp, _ = method_inputs(train_cfg("method=masked_sft").method, str(tiny_copy), "tiny")
+    assert hp["entropy_threshold"] > 0
+    other = train_cfg("method=masked_sft_pilot", "method.hparams.q=0.25").method
+    with pytest.raises(ValueError, match=r"thresholds for q=0.15, k=20 \(made for method=masked_sft\), but "
+                                         r"method=masked_sft_pilot has q=0.25, k=20; rebuild them: "
+                                         r"python -m training.precompute model=tiny .*method=masked_sft_pilot"):
+        method_inputs(other, str(tiny_copy), "tiny")
+    with pytest.raises(ValueError, match="k=20 .* has q=0.15, k=10"):
+        method_inputs(train_cfg("method=masked_sft", "method.hparams.k=10").method, str(tiny_copy), "tiny")

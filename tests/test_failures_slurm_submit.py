@@ -58,3 +58,25 @@ def test_case2_cpu_trainer_is_fine_on_a_cpu_only_cluster(tmp_path):
 def test_case2_unknown_trainer_is_named(tmp_path):
     with pytest.raises(SystemExit, match="configs/trainer/nope.yaml"):
         dry_run(tmp_path, "--train-args", "trainer=nope")
+
+
+def test_case6_precompute_job_gets_the_masked_sft_method_of_the_grid(tmp_path):
+    jobs = dry_run(tmp_path, "--methods", "flow,masked_sft_pilot,masked_sft")
+    assert "method=masked_sft_pilot" in jobs["precompute-qwen3-4b"]["command"]
+    assert "method=" not in dry_run(tmp_path, "--methods", "flow")["precompute-qwen3-4b"]["command"]
+
+
+def test_case6_masked_sft_methods_with_different_q_are_refused(tmp_path, monkeypatch):
+    import submit
+    from omegaconf import OmegaConf
+
+    real = submit.method_config
+
+    def with_q20(method):
+        if method == "masked_sft_q20":
+            return OmegaConf.merge(real("masked_sft"), {"name": method, "hparams": {"q": 0.2}})
+        return real(method)
+
+    monkeypatch.setattr(submit, "method_config", with_q20)
+    with pytest.raises(SystemExit, match=r"different q, k .*masked_sft_q20': \(0.2, 20\)"):
+        dry_run(tmp_path, "--methods", "masked_sft,masked_sft_q20")
