@@ -27,7 +27,7 @@ from data_pipeline.files import git_sha, sha256_file
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.models import REPO, load_model, load_tokenizer, resolve
 from training.objective import MetricsCallback, Objective, resolve_fused
-from training.precompute import check_masked_sft, load_precomputed
+from training.precompute import load_precomputed
 
 PACKAGES = ["torch", "transformers", "accelerate", "datasets", "deepspeed", "hydra-core", "lm_eval", "math-verify"]
 
@@ -58,6 +58,8 @@ def method_inputs(method_cfg, train_file: str, base_model_name: str) -> tuple[di
         if source == "flow":
             weights = pre["flow"]["weights"]
         elif source == "masked_sft":
+            from training.precompute import check_masked_sft
+
             check_masked_sft(pre, method_cfg, base_model_name, train_file)
             hparams["entropy_threshold"] = pre["masked_sft"]["entropy_threshold"]
             if hparams.get("mode") == "entropy_and_prob":
