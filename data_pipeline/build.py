@@ -77,12 +77,13 @@ def main(cfg) -> dict:
         "seed": seed, "packages": _versions(), "settings": {"domain": d, "num_shards": num_shards}}
     summary = {"domain": d["name"], "stage": stage, "out_dir": str(out_dir)}
     limit = int(cfg.get("manifest_max_rejects", 2000))
+    allow_short = bool(cfg.get("allow_short", False))
 
     if d["kind"] in ("medical", "agent"):
         if stage == "generate":
             print(f"[data] {d['name']}: responses come from the source data; nothing to generate")
             return summary
-        manifest = chat_build.build(d, seed, out_dir, limit, extra)
+        manifest = chat_build.build(d, seed, out_dir, limit, extra, allow_short)
         return {**summary, **manifest["counts"], "manifest": str(out_dir / "manifest.json"),
                 "wall_s": round(time.time() - t0, 1)}
     if d["kind"] != "math":
@@ -100,7 +101,8 @@ def main(cfg) -> dict:
         if stage == "all" and shard is not None and len(done) < num_shards:
             print(f"[data] {len(done)}/{num_shards} shards done; the last one to finish runs finalize")
             return summary
-        result = math_build.finalize(d, seed, work, out_dir, num_shards, bool(cfg.get("allow_partial", False)))
+        result = math_build.finalize(d, seed, work, out_dir, num_shards, bool(cfg.get("allow_partial", False)),
+                                     allow_short)
         extra["wall_s"] = round(time.time() - t0, 1)  # this invocation, up to writing the outputs
         manifest = math_build.write(d, result, out_dir, limit, extra)
         summary.update(manifest["counts"], manifest=str(out_dir / "manifest.json"))

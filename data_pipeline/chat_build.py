@@ -20,6 +20,7 @@ from pathlib import Path
 
 from data_pipeline.adapters import ADAPTERS
 from data_pipeline.output import (
+    check_not_short,
     drop_overlong,
     load_tokenizer,
     split_stats,
@@ -50,7 +51,7 @@ def dedupe_key(kind: str):
     return lambda r: json.dumps([r["messages"], r.get("tools")], sort_keys=True)  # exact trajectory
 
 
-def build(d: dict, seed: int, out_dir: Path, manifest_limit: int, extra: dict) -> dict:
+def build(d: dict, seed: int, out_dir: Path, manifest_limit: int, extra: dict, allow_short: bool = False) -> dict:
     rejects, infos, records = RejectLog(), [], []
     for spec in d["sources"]:
         recs, info = read_source(spec, ADAPTERS, rejects)
@@ -65,6 +66,8 @@ def build(d: dict, seed: int, out_dir: Path, manifest_limit: int, extra: dict) -
     candidates = drop_overlong(records, tok, int(d["max_length"]), rejects, "train")
     n_train = (d.get("select") or {}).get("n_train")
     train = seeded_sample(candidates, n_train, seed + 1)
+    if not allow_short:
+        check_not_short(train, n_train, rejects, out_dir)
     if not train:
         raise RuntimeError(f"no row survived (rejections: {rejects.counts()})")
     outputs = {"train": write_split(out_dir, "train", train)}

@@ -65,9 +65,24 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+class NotUtf8Error(ValueError):
+    """A JSONL file holds bytes that are not UTF-8; the message names the file, line and byte."""
+
+
+def decode_line(raw: bytes, path: str | Path, lineno: int) -> str:
+    """One line as text, or NotUtf8Error naming file:line: replacing bad bytes with U+FFFD would change the text
+    (a damaged download, a Latin-1 export) without anyone noticing."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotUtf8Error(f"{path}:{lineno}: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line is not "
+                           f"UTF-8 ({e.reason}); re-download or re-export the file as UTF-8") from None
+
+
 def iter_jsonl(path: str | Path, progress: str | None = None) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yields (line number, parsed object or None, error or None); blank lines are skipped. `progress`: show a
-    bar with this description, counting bytes (so multi-GB files get a rate and an ETA)."""
+    """Yields (line number, parsed object or None, error or None); blank lines are skipped. Bytes that are not
+    UTF-8 raise NotUtf8Error (file:line). `progress`: show a bar with this description, counting bytes (so
+    multi-GB files get a rate and an ETA)."""
     from tqdm import tqdm
 
     size = Path(path).stat().st_size
@@ -75,7 +90,7 @@ def iter_jsonl(path: str | Path, progress: str | None = None) -> Iterator[tuple[
                                      disable=progress is None) as bar:
         for lineno, raw in enumerate(f, 1):
             bar.update(len(raw))
-            line = raw.decode("utf-8", errors="replace")
+            line = decode_line(raw, path, lineno)
             if not line.strip():
                 continue
             try:

@@ -8,7 +8,10 @@ generate  the shard's prompts (shard_of(id) == shard) minus those already done: 
           each response is verified, the chunk is written as one atomic part file (data_pipeline.shards).
 finalize  every prompt must have its record (else it names the missing shards); keep verified-correct responses
           (the first `per_prompt` per prompt), drop over-long rows, sample n_train with the seed, write
-          train.jsonl / heldout.jsonl / rejected.jsonl / manifest.json.
+          train.jsonl / heldout.jsonl / rejected.jsonl / manifest.json. Fewer than n_train rows is an error
+          unless allow_short=true.
+prepare.json is reused only while the settings hash and every source file's sha256 match (else an error that
+names the changed source and says overwrite=true).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tqdm import tqdm
 from data_pipeline.adapters import ADAPTERS
 from data_pipeline.files import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file, sha256_json
 from data_pipeline.output import (
+    check_not_short,
     drop_overlong,
     load_tokenizer,
     split_stats,
@@ -30,7 +34,7 @@ from data_pipeline.output import (
 from data_pipeline.records import RejectLog
 from data_pipeline.sampling import dedupe, seeded_sample, shard_of, split_heldout
 from data_pipeline.shards import ShardStore
-from data_pipeline.sources import read_source
+from data_pipeline.sources import read_source, source_sha256
 from data_pipeline.teacher import Teacher, conversation
 from data_pipeline.verify import check, parse_gold
 
@@ -85,16 +89,28 @@ def prepare(d: dict, seed: int, work: Path) -> dict:
     return info
 
 
+def check_sources_unchanged(d: dict, info: dict, path: Path) -> None:
+    """The prompts in work/ stand for the sources' contents, not only their settings: a source file replaced or
+    repaired since prepare (same path, other bytes) makes them stale."""
+    changed = [f"{i['name']} ({i.get('file') or i.get('path')})" for spec, i in zip(d["sources"], info["sources"])
+               if source_sha256(spec) != i.get("sha256")]
+    if changed:
+        raise RuntimeError(f"{path} was prepared from other contents of {', '.join(changed)} (sha256 differs); "
+                           f"pass overwrite=true to rebuild {path.parent} from the current files, or use another "
+                           "out_dir")
+
+
 def ensure_prepared(d: dict, seed: int, work: Path, overwrite: bool = False) -> dict:
     import json
 
     path = work / "prepare.json"
     if path.exists() and not overwrite:
         info = json.loads(path.read_text())
-        if info.get("hash") == prepare_hash(d, seed):
-            return info
-        raise RuntimeError(f"{path} was made from other sources/pool/seed settings; pass overwrite=true to "
-                           f"rebuild {work} from scratch, or use another out_dir")
+        if info.get("hash") != prepare_hash(d, seed):
+            raise RuntimeError(f"{path} was made from other sources/pool/seed settings; pass overwrite=true to "
+                               f"rebuild {work} from scratch, or use another out_dir")
+        check_sources_unchanged(d, info, path)
+        return info
     return prepare(d, seed, work)
 
 
@@ -133,10 +149,12 @@ def generate(d: dict, seed: int, work: Path, shard: int | None, num_shards: int)
     return stats
 
 
-def finalize(d: dict, seed: int, work: Path, out_dir: Path, num_shards: int, allow_partial: bool = False) -> dict:
+def finalize(d: dict, seed: int, work: Path, out_dir: Path, num_shards: int, allow_partial: bool = False,
+             allow_short: bool = False) -> dict:
     import json
 
     prep = json.loads((work / "prepare.json").read_text())
+    check_sources_unchanged(d, prep, work / "prepare.json")
     prompts = read_jsonl(work / "prompts.jsonl")
     store = ShardStore(work / "generate")
     gens, duplicates = store.records()
@@ -175,6 +193,8 @@ def finalize(d: dict, seed: int, work: Path, out_dir: Path, num_shards: int, all
     n_train = (d.get("select") or {}).get("n_train")
     train = seeded_sample(rows["train"], n_train, seed + 1)
     heldout = sorted(rows["heldout"], key=lambda r: r["id"])
+    if not allow_short:
+        check_not_short(train, n_train, rejects, out_dir)
     if not train:
         raise RuntimeError(f"no verified training row survived (rejections: {rejects.counts()}); see "
                            f"{work / 'generate'} for the teacher's responses and verdicts")

@@ -1,6 +1,6 @@
 """The last step every domain shares: token lengths under the student's chat template, the over-long filter,
 writing data/<domain>/{train,heldout}.jsonl (the chat JSONL that training/data.py reads), rejected.jsonl and
-manifest.json.
+manifest.json, and the check that the set has the rows asked for.
 
 Lengths are measured the way the trainer will see the row: `apply_chat_template(messages, tools=tools)` with the
 student model's tokenizer (domain.tokenizer). A row longer than domain.max_length tokens is rejected here as
@@ -19,6 +19,16 @@ from data_pipeline.files import atomic_write_json, atomic_write_jsonl, repo_rela
 from data_pipeline.records import RejectLog
 
 ROW_KEYS = ("id", "source", "source_ref", "problem", "messages", "tools", "answer")
+
+
+def check_not_short(train: list[dict], n_train: int | None, rejects: RejectLog, out_dir: Path) -> None:
+    """Fewer rows than domain.select.n_train is an error (unless allow_short=true), raised before anything is
+    written: a damaged source otherwise yields a smaller set that only the manifest admits to."""
+    if n_train and len(train) < n_train:
+        raise RuntimeError(f"only {len(train)} of the {n_train} training rows asked for (domain.select.n_train) "
+                           f"survived; rejections: {rejects.counts()}. Nothing was written to {out_dir}. Check "
+                           "the sources (a truncated or damaged file shows up as read/malformed_json), lower "
+                           f"domain.select.n_train, or pass allow_short=true to write the {len(train)} rows")
 
 
 def load_tokenizer(spec: str, chat_template: str | None = None):

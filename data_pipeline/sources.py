@@ -17,7 +17,8 @@ A source spec (one entry of `domain.sources` in configs/domain/*.yaml):
 
 Ids are positional ("<name>/<index>", index = 0-based row of the split or line of the file), so a rejected row can
 be found again in the pinned source. Malformed JSON lines (jsonl/pypi loaders) and rows an adapter cannot use are
-recorded in the RejectLog, never raised.
+recorded in the RejectLog, never raised; bytes that are not UTF-8 are an error naming the file and line (they
+mean a damaged or mis-encoded file, whose rows would otherwise be read with U+FFFD in place of its text).
 """
 
 from __future__ import annotations
@@ -66,12 +67,29 @@ def _file_for(spec) -> Path:
     return local_path(path)
 
 
+def _local_data_files(spec) -> list[str]:
+    files = spec.get("data_files") or []
+    files = [files] if isinstance(files, str) else list(files)
+    return [f if f.startswith("hf://") else str(local_path(f)) for f in files]
+
+
+def source_sha256(spec) -> str | dict | None:
+    """The sha256 of a source's file (jsonl, pypi), or {name: sha256} of its local data_files (hf); None for a Hub
+    data set read by id, whose identity is its pinned `revision`. What prepare.json records as the source's
+    `sha256`, so that a changed file is noticed."""
+    loader = spec.get("loader", "hf")
+    if loader in ("jsonl", "pypi"):
+        return sha256_file(_file_for(spec))
+    files = [f for f in _local_data_files(spec) if not f.startswith("hf://")]
+    return {Path(f).name: sha256_file(f) for f in files} if files else None
+
+
 def iter_rows(spec, info: dict) -> Iterator[tuple[int, dict | None, str | None]]:
     """(index, row or None, error or None) for every row of the source; fills `info` with provenance."""
     loader = spec.get("loader", "hf")
     if loader in ("jsonl", "pypi"):
         path = _file_for(spec)
-        info.update(file=repo_relative(path), sha256=sha256_file(path))
+        info.update(file=repo_relative(path), sha256=source_sha256(spec))
         for lineno, obj, err in iter_jsonl(path, progress=f"read {spec['name']}"):
             yield lineno - 1, obj, err
         return
@@ -79,11 +97,9 @@ def iter_rows(spec, info: dict) -> Iterator[tuple[int, dict | None, str | None]]
         raise ValueError(f"source {spec['name']!r}: loader must be hf, jsonl or pypi, got {loader!r}")
     import datasets
 
-    data_files = spec.get("data_files")
-    if data_files:  # local fixture / mirror files: resolve relative to the repo like every other path
-        files = [data_files] if isinstance(data_files, str) else list(data_files)
-        data_files = [f if f.startswith("hf://") else str(local_path(f)) for f in files]
-        info["sha256"] = {Path(f).name: sha256_file(f) for f in data_files if not f.startswith("hf://")}
+    data_files = _local_data_files(spec) or None  # fixture / mirror files, resolved like every other path
+    if data_files:
+        info["sha256"] = source_sha256(spec)
     ds = datasets.load_dataset(spec["path"], name=spec.get("config"), split=spec.get("split", "train"),
                                data_files=data_files, revision=spec.get("revision"))
     info.update(fingerprint=ds._fingerprint, num_rows=len(ds))

@@ -11,8 +11,10 @@
 
 Every stage forwards Hydra overrides to its entry point (the slurm/*.sbatch scripts); nothing here reads the
 training configs except each method's `precomputed` key, to know whether FLOW / Masked-SFT need the precompute
-job. Run names are set explicitly (`run_name=<model>-<data>-<method>-s<seed>`, the configs' own pattern), so the
-evaluation array knows where each training task writes. Site settings (partition, account, time limits, modules,
+job. Training uses `trainer=paper` unless --train-args names another trainer, and a GPU grid with a CPU trainer
+(`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted. Run names are set explicitly
+(`run_name=<model>-<data>-<method>-s<seed>`, the configs' own pattern), so the evaluation array knows where each
+training task writes. Site settings (partition, account, time limits, modules,
 container) come from slurm/site.local.sh, or the file in $EAFT_SITE (see slurm/site.example.sh). A manifest of
 every job (id, command, dependency) is written to <logs>/submit-<time>.json.
 """
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TRAINER = "paper"  # configs/train.yaml defaults to trainer=tiny, the CPU test trainer: never on a cluster
 
 
 def site_env(path: Path) -> dict[str, str]:
@@ -67,13 +70,62 @@ def per_model_args(values: list[str], models: list[str]) -> dict[str, list[str]]
     return out
 
 
-def needs_precompute(method: str) -> bool:
+def method_config(method: str):
     from omegaconf import OmegaConf
 
     path = REPO / "configs" / "method" / f"{method}.yaml"
     if not path.exists():
         raise SystemExit(f"unknown method {method!r}: no {path.relative_to(REPO)}")
-    return bool(OmegaConf.load(path).get("precomputed"))
+    return OmegaConf.load(path)
+
+
+def needs_precompute(method: str) -> bool:
+    return bool(method_config(method).get("precomputed"))
+
+
+def precompute_method(methods: list[str]) -> str | None:
+    """The Masked-SFT method whose q and k the precompute job uses: one file per model and data holds one set of
+    thresholds, so the grid's Masked-SFT methods must agree on q and k (training refuses a mismatch later)."""
+    masked = {m: dict(method_config(m).get("hparams") or {}) for m in methods
+              if method_config(m).get("precomputed") == "masked_sft"}
+    qk = {m: (hp.get("q"), hp.get("k")) for m, hp in masked.items()}
+    if len(set(qk.values())) > 1:
+        raise SystemExit(f"--methods: the Masked-SFT methods need thresholds for different q, k {qk}; one "
+                         "precompute file holds one pair: submit them as separate grids (another --data-dir)")
+    return next(iter(masked), None)
+
+
+def with_trainer(overrides: list[str], default: str = DEFAULT_TRAINER) -> tuple[list[str], bool]:
+    """The training overrides with a `trainer=` choice: the given one, else `default` put first (so that a later
+    trainer.* override still applies on top). Returns (overrides, whether the default was added)."""
+    if any(o.lstrip("+").startswith("trainer=") for o in overrides):
+        return overrides, False
+    return [f"trainer={default}", *overrides], True
+
+
+def trainer_settings(overrides: list[str]) -> tuple[str, dict]:
+    """(trainer name, its settings after any trainer.* override): what each training job will run with."""
+    from omegaconf import OmegaConf
+
+    name = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("trainer=")][-1]
+    path = REPO / "configs" / "trainer" / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"trainer={name}: no {path.relative_to(REPO)} (one of "
+                         f"{sorted(p.stem for p in path.parent.glob('*.yaml'))})")
+    dots = [o.lstrip("+").removeprefix("trainer.") for o in overrides if o.lstrip("+").startswith("trainer.")]
+    return name, OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(dots)))
+
+
+def check_trainer(overrides: list[str], gpus_per_node: int, where: str) -> None:
+    """A GPU job must not get a CPU trainer (trainer=tiny and trainer=cpu set use_cpu: true): it would hold the
+    node's GPUs and train on its CPUs, with the test-sized settings."""
+    name, settings = trainer_settings(overrides)
+    if gpus_per_node > 0 and settings.get("use_cpu"):
+        raise SystemExit(
+            f"{where}: trainer={name} sets use_cpu: true (configs/trainer/{name}.yaml), but the training jobs "
+            f"ask for {gpus_per_node} GPU(s) per node and would train on the CPU. Pass --train-args "
+            f"\"trainer=paper ...\" (the paper's settings), or trainer.use_cpu=false, or --gpus-per-node 0 for a "
+            "CPU-only cluster")
 
 
 def data_needs_gpus(domain: str, data_args: list[str]) -> bool:
@@ -151,7 +203,8 @@ def main(argv=None) -> dict:
     p.add_argument("--metrics-dir", default="results/metrics")
     p.add_argument("--tables-dir", default="results/tables")
     p.add_argument("--no-eval-base", action="store_true", help="skip evaluating the base models")
-    p.add_argument("--train-args", default="", help="Hydra overrides for training (and precompute)")
+    p.add_argument("--train-args", default="", help="Hydra overrides for training (and precompute); without "
+                                                    f"trainer=NAME, trainer={DEFAULT_TRAINER}")
     p.add_argument("--model-args", action="append", default=[], help='MODEL="overrides": one model only')
     p.add_argument("--eval-args", default="", help="Hydra overrides for evaluation.evaluate")
     p.add_argument("--data-args", default="", help="Hydra overrides for data_pipeline.build")
@@ -171,7 +224,14 @@ def main(argv=None) -> dict:
     nodes = per_model(args.nodes, models, 1)
     model_args = per_model_args(args.model_args, models)
     res = {k: shlex.split(env.get(f"EAFT_{k.upper()}_SBATCH", "")) for k in ("data", "train", "eval", "cpu")}
-    train_common = shlex.split(args.train_args) + [f"out_dir={args.runs_dir}"]
+    train_common, defaulted = with_trainer(shlex.split(args.train_args))
+    train_common.append(f"out_dir={args.runs_dir}")
+    if defaulted:
+        print(f"[submit] no trainer= in --train-args: training uses trainer={DEFAULT_TRAINER} "
+              f"(configs/trainer/{DEFAULT_TRAINER}.yaml)", file=sys.stderr)
+    masked = precompute_method(methods)
+    for model in models:
+        check_trainer([*train_common, *model_args[model]], g, f"--train-args/--model-args for {model}")
     data_common = [f"data={args.data}"]
     if args.data_dir:
         data_common.append(f"data.train_file={Path(args.data_dir) / 'train.jsonl'}")
@@ -197,7 +257,8 @@ def main(argv=None) -> dict:
         train_after = list(ready)
         if any(needs_precompute(m) for m in methods):
             pre = s.sbatch(f"precompute-{model}", "precompute.sbatch",
-                           [f"model={model}", *data_common, *train_common, *model_args[model]], after=ready,
+                           [f"model={model}", *data_common, *([f"method={masked}"] if masked else []),
+                            *train_common, *model_args[model]], after=ready,
                            resources=[*gpus(min(g, 1)), *res["eval"]])
             train_after.append(pre)
         runs = [(m, seed, f"{model}-{args.data}-{m}-s{seed}") for m in methods for seed in seeds]

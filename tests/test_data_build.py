@@ -90,7 +90,7 @@ def test_finalize_refuses_missing_generations_and_changed_settings(tmp_path):
     main(math_cfg(tmp_path, ["stage=generate", "shard=0", "num_shards=2"]))
     with pytest.raises(RuntimeError, match=r"run stage=generate for shards \[1\]"):
         main(math_cfg(tmp_path, ["stage=finalize", "num_shards=2"]))
-    out = main(math_cfg(tmp_path, ["stage=finalize", "num_shards=2", "allow_partial=true"]))
+    out = main(math_cfg(tmp_path, ["stage=finalize", "num_shards=2", "allow_partial=true", "allow_short=true"]))
     assert 0 < out["train"] <= 5
     with pytest.raises(RuntimeError, match="other generation settings"):  # another prompt: no silent mixing
         main(math_cfg(tmp_path, ["stage=generate", "shard=1", "num_shards=2", "domain.prompt.system=Be brief."]))
@@ -138,7 +138,7 @@ def test_agent_build_on_fixture(tmp_path):
     src = [{"name": n, "adapter": "nemotron_agentic", "loader": "jsonl", "path": str(FIX / f), "options":
             {"non_thinking": "select"}} for n, f in [("tc", "nemotron_agentic_tool_calling.jsonl"),
                                                      ("ia", "nemotron_agentic_interactive_agent.jsonl")]]
-    out = main(make_cfg("agent", tmp_path, sources=src, tokenizer=TINY_TOK, max_length=4096,
+    out = main(make_cfg("agent", tmp_path, ["allow_short=true"], sources=src, tokenizer=TINY_TOK, max_length=4096,
                         chat_template=str(FIX / "qwen3_instruct_2507.jinja")))
     assert out["train"] == 2 and out["short_by"] == 20000 - 2
     rows = {r["id"]: r for r in read_chat_jsonl(tmp_path / "train.jsonl")}

@@ -9,6 +9,11 @@ end-of-turn token and the template's trailing newline. Everything else is -100. 
 history (Qwen3-Thinking drops earlier turns' reasoning) makes an earlier turn's rendering disagree with the
 full conversation: that turn is left unsupervised and counted (`unsupervised_turns`), the last turn always is.
 
+Rows are checked when read (file:line in every error): valid UTF-8 JSON, known roles, an assistant turn, and
+not an assistant turn first (its prompt would be empty). A row the chat template cannot render is an error naming
+its line too. An assistant turn with no content (and no tool call) trains on its end-of-turn tokens only: counted
+(`empty_assistant_turns`) and warned about with the lines.
+
 Over-long examples (more than `max_length` tokens): `overlong="drop"` (default) removes them;
 `overlong="truncate"` keeps the first `max_length` tokens if any supervised token survives. Both are counted.
 
@@ -17,13 +22,15 @@ Over-long examples (more than `max_length` tokens): `overlong="drop"` (default) 
 
 from __future__ import annotations
 
-import json
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from data_pipeline.files import NotUtf8Error, iter_jsonl
 
 IGNORE_INDEX = -100
 ROLES = {"system", "user", "assistant", "tool"}
@@ -33,32 +40,51 @@ class DataError(ValueError):
     """Bad training data; the message names the file and line."""
 
 
+class ChatRow(dict):
+    """A row of the file, plus `where` ("file:line"), so that errors found later (tokenizing) still name the
+    line. A plain dict everywhere else: it compares, copies and serialises as one."""
+
+    where: str | None = None
+
+
+def _where(row: dict, idx: int) -> str:
+    return getattr(row, "where", None) or f"row {idx}"
+
+
+def _check_row(row, where: str) -> None:
+    msgs = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise DataError(f"{where}: messages[{j}] needs a 'role' in {sorted(ROLES)}")
+        if not isinstance(m.get("content", ""), str):
+            raise DataError(f"{where}: messages[{j}].content must be a string")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(f"{where}: no assistant message, so nothing to supervise")
+    if msgs[0]["role"] == "assistant":
+        # Its prompt would be the empty conversation, which no chat template renders.
+        raise DataError(f"{where}: messages[0] is an assistant turn; a conversation must open with a system or "
+                        "user message (the prompt the answer is conditioned on)")
+
+
 def read_chat_jsonl(path: str | Path) -> list[dict]:
     """Read and validate chat JSONL. Raises DataError naming the file and line of the first bad row."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file (build it with `make data`, or point data.train_file at it)")
     rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    try:
+        for lineno, obj, err in iter_jsonl(path):
             where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            msgs = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(msgs, list) or not msgs:
-                raise DataError(f"{where}: expected an object with a non-empty 'messages' list")
-            for j, m in enumerate(msgs):
-                if not isinstance(m, dict) or m.get("role") not in ROLES:
-                    raise DataError(f"{where}: messages[{j}] needs a 'role' in {sorted(ROLES)}")
-                if not isinstance(m.get("content", ""), str):
-                    raise DataError(f"{where}: messages[{j}].content must be a string")
-            if not any(m["role"] == "assistant" for m in msgs):
-                raise DataError(f"{where}: no assistant message, so nothing to supervise")
+            if err:
+                raise DataError(f"{where}: {err}")
+            _check_row(obj, where)
+            row = ChatRow(obj)
+            row.where = where
             rows.append(row)
+    except NotUtf8Error as e:
+        raise DataError(str(e)) from None
     if not rows:
         raise DataError(f"{path}: empty file")
     return rows
@@ -87,6 +113,19 @@ def tokenize_chat(tokenizer, messages: list[dict], tools=None) -> tuple[list[int
     return ids, labels, skipped
 
 
+def is_empty_turn(message: dict) -> bool:
+    """An assistant turn with nothing to learn but its end-of-turn tokens (tool calls are content)."""
+    return (message["role"] == "assistant" and not str(message.get("content") or "").strip()
+            and not message.get("tool_calls") and not str(message.get("reasoning_content") or "").strip())
+
+
+def warn_empty_turns(where: list[str], n_turns: int, n_rows: int) -> None:
+    # A warning, not an error: a few empty turns are harmless, many teach the model to stop at once.
+    shown = ", ".join(where[:5]) + (", ..." if len(where) > 5 else "")
+    warnings.warn(f"{len(where)} of {n_rows} rows ({n_turns} assistant turns) have an empty assistant turn, "
+                  f"which trains on its end-of-turn tokens only: {shown}. Drop or fill those rows.", stacklevel=3)
+
+
 def build_examples(rows: list[dict], tokenizer, max_length: int, overlong: str = "drop",
                    sample_weights: list[float] | None = None) -> tuple[list[dict], dict]:
     """Tokenize rows; returns (examples, counts). Each example: input_ids, labels, row (index in the file)."""
@@ -94,9 +133,18 @@ def build_examples(rows: list[dict], tokenizer, max_length: int, overlong: str =
         raise ValueError(f"data.overlong must be 'drop' or 'truncate', got {overlong!r}")
     counts = Counter(rows=len(rows))
     examples = []
+    empty_at = []
     for idx, row in enumerate(tqdm(rows, desc="tokenize", unit="ex", leave=False)):
-        ids, labels, skipped = tokenize_chat(tokenizer, row["messages"], row.get("tools"))
+        try:
+            ids, labels, skipped = tokenize_chat(tokenizer, row["messages"], row.get("tools"))
+        except Exception as e:  # template errors (jinja2, ValueError) name neither the row nor the file
+            raise DataError(f"{_where(row, idx)}: the chat template cannot render this row "
+                            f"({type(e).__name__}: {e})") from e
         counts["unsupervised_turns"] += skipped
+        n_empty = sum(is_empty_turn(m) for m in row["messages"])
+        if n_empty:
+            counts["empty_assistant_turns"] += n_empty
+            empty_at.append(_where(row, idx))
         if len(ids) > max_length:
             if overlong == "drop":
                 counts["dropped_overlong"] += 1
@@ -110,6 +158,8 @@ def build_examples(rows: list[dict], tokenizer, max_length: int, overlong: str =
         if sample_weights is not None:
             ex["sample_weight"] = float(sample_weights[idx])
         examples.append(ex)
+    if empty_at:
+        warn_empty_turns(empty_at, counts["empty_assistant_turns"], len(rows))
     counts["kept"] = len(examples)
     counts["supervised_tokens"] = sum(sum(x != IGNORE_INDEX for x in e["labels"][1:]) for e in examples)
     counts["tokens"] = sum(len(e["input_ids"]) for e in examples)

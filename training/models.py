@@ -17,17 +17,30 @@ REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def resolve(name_or_path: str) -> str:
-    """Local path (absolute, resolved against cwd then the repo root) or the Hub id unchanged."""
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # files, where models are folders or Hub ids
+
+MISSING_HINTS = {
+    "model": "for the CPU default run `make assets`, or set model.name_or_path to a local folder or a Hub id",
+    "data": "build it with `make data DOMAIN=<domain>` (python -m data_pipeline.build), or set data.train_file "
+            "to an existing file",
+}
+
+
+def resolve(name_or_path: str, kind: str | None = None) -> str:
+    """Local path (absolute, resolved against cwd then the repo root) or the Hub id unchanged.
+
+    `kind` ("model" or "data") picks the hint of the error for a missing local path; None guesses from the name
+    (a data file has a suffix such as .jsonl)."""
     p = Path(name_or_path).expanduser()
     for cand in (p, REPO / p):
         if cand.exists():
             return str(cand.resolve())
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+    kind = kind or ("data" if p.suffix in DATA_SUFFIXES else "model")
+    looks_local = (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
+                   or kind == "data")
     if looks_local:
-        raise FileNotFoundError(
-            f"model path {name_or_path!r} does not exist (looked in {Path.cwd()} and {REPO}); "
-            "for the CPU default run `make assets`, or set model.name_or_path to a local folder or a Hub id")
+        raise FileNotFoundError(f"{kind} path {name_or_path!r} does not exist (looked in {Path.cwd()} and "
+                                f"{REPO}); {MISSING_HINTS[kind]}")
     return name_or_path
 
 

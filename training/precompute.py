@@ -7,13 +7,20 @@ Writes <data dir>/precomputed/<model name>.json next to the training file:
 - flow: tau = median per-sample loss L_i(theta_0) (mean token CE of the sample), weights
   w_i = exp(-L_i / tau), normalised to mean 1 over the data set so the loss keeps SFT's scale (FLOW,
   Sanyal et al. 2025). One weight per line of the training file.
-- masked_sft: the q-quantiles (q = 0.15) of the top-k entropy (nats) and of the label probability over all
-  supervised tokens, computed once under the base model: the reading the paper's beta = 0.17 suggests (PAPER.md
-  Sec. 1). method=flow / masked_sft read this file and fail if it is missing or was made from other data.
+- masked_sft: the q-quantiles of the top-k entropy (nats) and of the label probability over all supervised
+  tokens, computed once under the base model: the reading the paper's beta = 0.17 suggests (PAPER.md Sec. 1).
+  q and k come from the method config (`method=`, default masked_sft: configs/method/masked_sft*.yaml), the
+  quantile is the loss's own (training.losses._quantile, any number of tokens), and the file records q, k, the
+  mode and the method it was made for.
+method=flow / masked_sft* read this file and fail if it is missing, was made from other data, or (Masked SFT)
+holds thresholds for another q or k than the method's.
+
+    python -m training.precompute model=qwen3-4b data=math method=masked_sft_pilot
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -24,7 +31,7 @@ from tqdm import tqdm
 
 from data_pipeline.files import sha256_file
 from training.data import ChatCollator, build_examples, read_chat_jsonl
-from training.losses import supervised_tokens, topk_entropy
+from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
 from training.models import load_model, load_tokenizer, resolve
 
 
@@ -43,6 +50,33 @@ def load_precomputed(train_file: str | Path, model_name: str) -> dict:
     if pre["data_sha256"] != sha256_file(train_file):
         raise ValueError(f"{path} was computed from another version of {train_file}; run training.precompute again")
     return pre
+
+
+GATE_DEFAULTS = {n: p.default for n, p in inspect.signature(masked_sft_gate).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+
+
+def masked_sft_settings(method_cfg) -> dict:
+    """{method, mode, q, k} of a Masked-SFT method config: what its thresholds must be computed with."""
+    if method_cfg.get("precomputed") != "masked_sft":
+        raise ValueError(f"method={method_cfg.get('name')} is not a Masked-SFT method (precomputed: masked_sft), so "
+                         "it gives no q and k for the thresholds; leave method unset (masked_sft) or pass "
+                         "method=masked_sft_pilot. FLOW's weights do not depend on it.")
+    hp = dict(method_cfg.get("hparams") or {})
+    return {"method": method_cfg.get("name"), "mode": hp.get("mode", GATE_DEFAULTS["mode"]),
+            "q": float(hp.get("q", GATE_DEFAULTS["q"])), "k": int(hp.get("k", GATE_DEFAULTS["k"]))}
+
+
+def check_masked_sft(pre: dict, method_cfg, model_name: str, train_file: str | Path) -> None:
+    """Refuse thresholds made for another q or k than the method trains with (the loss would use them as if
+    they were its own)."""
+    want, got = masked_sft_settings(method_cfg), pre["masked_sft"]
+    if got.get("k") != want["k"] or not math.isclose(float(got.get("q", math.nan)), want["q"]):
+        raise ValueError(
+            f"{precomputed_path(train_file, model_name)} holds Masked-SFT thresholds for q={got.get('q')}, "
+            f"k={got.get('k')} (made for method={got.get('method', '?')}), but method={want['method']} has "
+            f"q={want['q']}, k={want['k']}; rebuild them: python -m training.precompute model={model_name} "
+            f"data.train_file={train_file} method={want['method']}")
 
 
 @torch.no_grad()
@@ -74,19 +108,23 @@ def compute(model, tokenizer, rows: list[dict], max_length: int, batch_size: int
     h, p = torch.cat(ents), torch.cat(probs)
     return {
         "flow": {"tau": tau, "sample_loss": losses, "weights": [w / mean for w in raw]},
-        "masked_sft": {"q": q, "k": k, "entropy_threshold": float(torch.quantile(h.double(), q)),
-                       "prob_threshold": float(torch.quantile(p.double(), q)), "n_tokens": int(h.numel())},
+        # The loss's own quantile: torch.quantile refuses more than 2**24 tokens (the math set has ~47M).
+        "masked_sft": {"q": q, "k": k, "entropy_threshold": float(_quantile(h, q)),
+                       "prob_threshold": float(_quantile(p, q)), "n_tokens": int(h.numel())},
     }
 
 
 def main(cfg) -> dict:
-    train_file = resolve(cfg.data.train_file)
+    settings = masked_sft_settings(cfg.method)  # before any model loads
+    train_file = resolve(cfg.data.train_file, kind="data")
+    rows = read_chat_jsonl(train_file)
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, tokenizer)
     if torch.cuda.is_available():
         model = model.cuda()
-    out = compute(model, tokenizer, read_chat_jsonl(train_file), cfg.data.max_length,
-                  batch_size=cfg.get("precompute_batch_size", 4))
+    out = compute(model, tokenizer, rows, cfg.data.max_length, batch_size=cfg.get("precompute_batch_size", 4),
+                  k=settings["k"], q=settings["q"])
+    out["masked_sft"].update(method=settings["method"], mode=settings["mode"])
     result = {"model": cfg.model.name, "data": str(train_file), "data_sha256": sha256_file(train_file), **out}
     path = precomputed_path(train_file, cfg.model.name)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,9 @@ def method_inputs(method_cfg, train_file: str, base_model_name: str) -> tuple[di
         if source == "flow":
             weights = pre["flow"]["weights"]
         elif source == "masked_sft":
+            from training.precompute import check_masked_sft
+
+            check_masked_sft(pre, method_cfg, base_model_name, train_file)
             hparams["entropy_threshold"] = pre["masked_sft"]["entropy_threshold"]
             if hparams.get("mode") == "entropy_and_prob":
                 hparams["prob_threshold"] = pre["masked_sft"]["prob_threshold"]
