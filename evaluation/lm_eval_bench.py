@@ -6,6 +6,13 @@ Main-process side: checks local data (every row has the fields the task reads; e
 writes the task YAMLs (evaluation/harness.py), then runs lm-eval with the HF model in-process, or hands a JSON
 spec to `python -m evaluation.harness` under the vLLM interpreter for backend=vllm. Per-document outputs go to
 results/metrics/<run>/items/<benchmark>.jsonl; lm-eval's response cache sits next to it for resume.
+
+Thinking models (`thinking: true` in the model config) on generated tasks (IFEval): the generation budget is the
+model's (`max_new_tokens` in its config, not lm-eval's 1,280), and the task is wrapped with an lm-eval `custom`
+filter (evaluation.grading.final_answers) so the checker sees only the text after the last </think>, and an
+output that never closes its reasoning as empty (IFEval fails every instruction of an empty response). lm-eval's
+own `think_end_token` is not used: it keeps the whole output when the tag is missing, scoring the reasoning.
+The raw outputs stay in the items file (`raw_response`); metrics.unterminated_reasoning(_n) counts them.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from evaluation.generation import REPO, default_vllm_python
-from evaluation.harness import OWN_TASKS, run, select_subset, summarize, write_local_tasks
+from evaluation.generation import REPO, default_vllm_python, generation_budget, is_thinking
+from evaluation.grading import final_answer
+from evaluation.harness import OWN_TASKS, run, select_subset, summarize, task_yaml, write_local_tasks
 from evaluation.items import fingerprint
 from evaluation.sources import DataFormatError, choose_source, local_path, read_rows
 
@@ -133,16 +141,21 @@ def run_lm_eval(bench: dict, ctx) -> dict:
         _need_punkt()
     num_fewshot = bench.get("num_fewshot", 0)
     generative = bench.get("output_type") == "generate_until"  # IFEval; the rest score options by log-likelihood
-    max_new = (ctx.overrides.get("max_new_tokens") or bench.get("max_new_tokens")) if generative else None
+    max_new = generation_budget(ctx.model_cfg, bench.get("max_new_tokens"), ctx.overrides.get("max_new_tokens"),
+                                name) if generative else None
+    thinking = generative and is_thinking(ctx.model_cfg)
     fp = fingerprint({"model": ctx.model_fp(), "backend": ctx.backend, "bench": {k: v for k, v in bench.items()
                                                                                   if k not in ("source",)}})
     ctx.items_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"eaft-{name}-") as tmp:
         prep = prepare(bench, Path(tmp), ctx.limit, ctx.subset_seed, num_fewshot)
+        if thinking:
+            prep = final_answer_task(prep, bench, Path(tmp))
         spec = {**prep, "num_fewshot": num_fewshot, "apply_chat_template": bench.get("apply_chat_template", False),
                 "fewshot_as_multiturn": bench.get("fewshot_as_multiturn", False), "seed": ctx.seed,
                 "gen_kwargs": {"max_gen_toks": int(max_new)} if max_new else None,
-                "use_cache": str(ctx.items_dir / f"{name}.{fp}.lmcache") if ctx.resume else None}
+                "use_cache": str(ctx.items_dir / f"{name}.{fp}.lmcache") if ctx.resume else None,
+                "keep_raw_responses": thinking}
         if ctx.backend == "hf":
             res = run(_hf_lm(ctx), spec)
         else:
@@ -158,11 +171,41 @@ def run_lm_eval(bench: dict, ctx) -> dict:
                 "backend": ctx.backend, "limit": ctx.limit, "subset": prep["subset"], "split": prep.get("split"),
                 "scoring": "greedy generation" if generative else "log-likelihood",
                 "max_new_tokens": max_new, "lm_eval_versions": res.get("versions", {}).get(prep["leaves"][0])}
+    if generative:
+        settings["thinking"] = thinking
+        settings["answer"] = "text after the last </think>; empty if unterminated" if thinking else "whole output"
+    if thinking:
+        raw = [x for r in rows for x in _flat(r["raw_response"])]
+        n_open = sum(final_answer(x, thinking=True) is None for x in raw)
+        summary["metrics"]["unterminated_reasoning"] = 100 * n_open / max(len(raw), 1)
+        summary["metrics"]["unterminated_reasoning_n"] = n_open
     if prep.get("variant"):
         settings["variant"] = prep["variant"]
         summary["metrics"]["n_options"] = int(prep["variant"].split()[0])
     return {"metric": bench["metric"], "value": summary["value"], "stderr": summary["stderr"], "n": summary["n"],
             "n_runs": 1, "settings": settings, "data_source": prep["data_source"], "metrics": summary["metrics"]}
+
+
+FILTER_FN = "evaluation.grading.final_answers"
+
+
+def final_answer_task(prep: dict, bench: dict, workdir: Path) -> dict:
+    """Wrap the (single) task of `prep` in a task that scores each response's final answer (module docstring)."""
+    if len(prep["leaves"]) != 1:
+        raise ValueError(f"bench.{bench['name']}: final-answer filtering handles single tasks, not groups")
+    leaf = prep["leaves"][0]
+    include = workdir / f"{leaf}.yaml" if not prep["include_defaults"] else task_yaml(bench["yaml"])
+    name = f"eaft_{bench['name']}_final_answer"
+    cfg = {"task": name, "include": str(include), "tag": [],
+           "filter_list": [{"name": "final_answer", "filter": [{"function": "custom", "filter_fn": "@FN@"},
+                                                               {"function": "take_first"}]}]}
+    # JSON is YAML; the one YAML-only part is the tag that makes lm-eval import the filter function
+    (workdir / f"{name}.yaml").write_text(json.dumps(cfg, indent=2).replace('"@FN@"', f"!function {FILTER_FN}"))
+    return {**prep, "task": name, "leaves": [name], "include_paths": list(dict.fromkeys([str(workdir), *prep["include_paths"]]))}
+
+
+def _flat(x) -> list[str]:
+    return [s for y in x for s in _flat(y)] if isinstance(x, list) else [x]
 
 
 def _run_vllm(spec: dict, tmp: Path, ctx) -> dict:
