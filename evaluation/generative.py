@@ -23,7 +23,7 @@ from evaluation.generation import generate, generation_budget, is_thinking
 from evaluation.grading import final_answer, gold_math_answer, grade_math, mean_stderr, pass_at_k
 from evaluation.harness import select_subset
 from evaluation.items import ItemStore, fingerprint
-from evaluation.sources import DataFormatError, choose_source, load_items, local_files, pick_field
+from evaluation.sources import DataFormatError, choose_source, data_note, load_items, local_files, pick_field
 
 
 def math_items(bench: dict) -> tuple[list[dict], str]:
@@ -83,6 +83,10 @@ def run_generative(bench: dict, ctx) -> dict:
         items, source = mcq_items(bench)
         extra = {"prompt": bench["generate"].get("instruction", INSTRUCTION), "scoring": "generative multiple choice",
                  "grader": "evaluation.grading.extract_choice == gold letter"}
+        n_options = len(items[0]["letters"]) if items else None
+        extra["variant"] = f"{n_options} options"
+        if data_note(bench, len(items), n_options):
+            extra["data_note"] = data_note(bench, len(items), n_options)
     elif kind == "bfcl":
         mode = bfcl_mode(bench, ctx.tokenizer())
         items, source = bfcl_items(bench, mode)
@@ -104,11 +108,12 @@ def run_generative(bench: dict, ctx) -> dict:
                 "chat_template_kwargs": ctx.chat_template_kwargs, "limit": ctx.limit, "subset_seed": ctx.subset_seed,
                 "shots": 0, "thinking": thinking,
                 "answer": "text after the last </think>; none if unterminated" if thinking else "whole completion"}
-    # limit/subset_seed only choose WHICH items run, and thinking/answer only how a completion is graded (reused
-    # completions are graded again below), not what an item produces: leave them out of the fingerprint
+    # limit/subset_seed only choose WHICH items run, thinking/answer only how a completion is graded (reused
+    # completions are graded again below), variant/data_note describe the data (in `data` already): not what an
+    # item produces, so they stay out of the fingerprint
     fp = fingerprint({"model": ctx.model_fp(), "data": source,
                       "settings": {k: v for k, v in settings.items()
-                                   if k not in ("limit", "subset_seed", "thinking", "answer")}})
+                                   if k not in ("limit", "subset_seed", "thinking", "answer", "variant", "data_note")}})
     store = ItemStore(ctx.items_dir / f"{bench['name']}.jsonl", fp)
     if not ctx.resume:
         store.done.clear()

@@ -27,7 +27,14 @@ from evaluation.generation import REPO, default_vllm_python, generation_budget, 
 from evaluation.grading import final_answer
 from evaluation.harness import OWN_TASKS, run, select_subset, summarize, task_yaml, write_local_tasks
 from evaluation.items import fingerprint
-from evaluation.sources import DataFormatError, choose_source, local_path, read_rows
+from evaluation.sources import (
+    DataFormatError,
+    choose_source,
+    data_note,
+    local_path,
+    read_rows,
+    refuse_variant,
+)
 
 NLTK_DATA = REPO / "data" / "eval" / "nltk_data"
 
@@ -80,7 +87,7 @@ def prepare(bench: dict, workdir: Path, limit: int | None, seed: int, num_fewsho
         return {"task": bench["task"], "leaves": [bench["task"]], "include_paths": [str(OWN_TASKS)],
                 "include_defaults": True, "limit": limit, "subset": "first_n" if limit else "all",
                 "data_source": f"{bench['hub']['path']}" + (f"/{bench['hub']['name']}" if bench["hub"].get("name") else "")
-                + f" (lm-eval task {bench['task']})", "variant": bench.get("hub_variant")}
+                + f" (lm-eval task {bench['task']})", "variant": bench.get("hub_variant"), "note": data_note(bench)}
     loc, required = bench["local"], list(bench.get("required_fields") or [])
     test_split = loc["test_split"]
     if "subtask_yaml" in loc:
@@ -103,14 +110,15 @@ def prepare(bench: dict, workdir: Path, limit: int | None, seed: int, num_fewsho
                                       f"bench.{bench['name']}.num_fewshot")
             if split == test_split:
                 sizes[sub], first_rows = n, first_rows or rows
+    refuse_variant(bench, sum(sizes.values()), source)
     top, leaves = write_local_tasks(bench, files, workdir)
     samples = {leaf: select_subset(sizes[sub], limit, seed) for leaf, sub in zip(leaves, files)} if limit else None
-    variant = None
-    if bench["name"] == "medqa" and first_rows:
+    variant, n_opt = None, None
+    if (bench.get("reference_variant") or {}).get("n_options") and first_rows:
         r = first_rows[0]
         n_opt = len(r.get("choices") or r.get("options") or [k for k in r if k.startswith("ending")])
         variant = f"{n_opt} options"
-    return {"task": top, "leaves": leaves, "include_paths": [str(workdir), str(OWN_TASKS)],
+    return {"note": data_note(bench, sum(sizes.values()), n_opt), "task": top, "leaves": leaves, "include_paths": [str(workdir), str(OWN_TASKS)],
             "include_defaults": False, "samples": samples, "subset": f"seeded random (seed {seed})" if limit else "all",
             "data_source": source, "variant": variant, "split": test_split}
 
@@ -181,7 +189,10 @@ def run_lm_eval(bench: dict, ctx) -> dict:
         summary["metrics"]["unterminated_reasoning_n"] = n_open
     if prep.get("variant"):
         settings["variant"] = prep["variant"]
-        summary["metrics"]["n_options"] = int(prep["variant"].split()[0])
+        if prep["variant"].endswith(" options"):
+            summary["metrics"]["n_options"] = int(prep["variant"].split()[0])
+    if prep.get("note"):
+        settings["data_note"] = prep["note"]
     return {"metric": bench["metric"], "value": summary["value"], "stderr": summary["stderr"], "n": summary["n"],
             "n_runs": 1, "settings": settings, "data_source": prep["data_source"], "metrics": summary["metrics"]}
 

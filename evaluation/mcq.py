@@ -15,7 +15,7 @@ which fields hold the question, options and answer.
 from __future__ import annotations
 
 from evaluation.grading import extract_choice
-from evaluation.sources import DataFormatError, choose_source, local_path, read_rows
+from evaluation.sources import DataFormatError, choose_source, local_path, read_rows, refuse_variant
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -61,6 +61,7 @@ def _rows(bench: dict) -> tuple[list[dict], str]:
 def mcq_items(bench: dict) -> tuple[list[dict], str]:
     g = bench["generate"]
     rows, source = _rows(bench)
+    refuse_variant(bench, len(rows), source)
     items = []
     for i, r in enumerate(rows):
         where = r["_where"]
