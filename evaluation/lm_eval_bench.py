@@ -127,7 +127,19 @@ def _hf_lm(ctx):
     from lm_eval.models.huggingface import HFLM
 
     model, tok = ctx.pair()
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=ctx.batch_size)
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=ctx.batch_size, **template_args(ctx.chat_template_kwargs))
+
+
+def template_args(chat_template_kwargs: dict) -> dict:
+    """The eval-wide chat_template_kwargs as lm-eval's model arguments, so generated lm-eval tasks (IFEval) see the
+    same chat template as our generative benchmarks. enable_thinking goes as lm-eval's own argument: its vLLM
+    model drops it from chat_template_args."""
+    kw = dict(chat_template_kwargs or {})
+    if kw.get("enable_thinking"):
+        raise ValueError("chat_template_kwargs.enable_thinking=true: thinking is the Qwen3 templates' default, so "
+                         "leave it out, and say `thinking: true` (with max_new_tokens) in the model's config")
+    out = {"enable_thinking": kw.pop("enable_thinking")} if "enable_thinking" in kw else {}
+    return {"chat_template_args": kw or None, **out}
 
 
 def _vllm_args(ctx) -> dict:
@@ -139,7 +151,8 @@ def _vllm_args(ctx) -> dict:
     args = {"pretrained": resolve(cfg["name_or_path"]), "tokenizer": resolve(cfg.get("tokenizer") or cfg["name_or_path"]),
             "dtype": cfg.get("dtype") or "auto", "tensor_parallel_size": ctx.vllm.get("tensor_parallel_size", 1),
             "max_model_len": ctx.vllm.get("max_model_len"), "seed": ctx.seed, "batch_size": "auto",
-            "gpu_memory_utilization": ctx.vllm.get("gpu_memory_utilization", 0.9), "enforce_eager": True}
+            "gpu_memory_utilization": ctx.vllm.get("gpu_memory_utilization", 0.9), "enforce_eager": True,
+            **template_args(ctx.chat_template_kwargs)}
     return args
 
 
@@ -178,7 +191,8 @@ def run_lm_eval(bench: dict, ctx) -> dict:
                 "num_fewshot": num_fewshot, "apply_chat_template": spec["apply_chat_template"],
                 "backend": ctx.backend, "limit": ctx.limit, "subset": prep["subset"], "split": prep.get("split"),
                 "scoring": "greedy generation" if generative else "log-likelihood",
-                "max_new_tokens": max_new, "lm_eval_versions": res.get("versions", {}).get(prep["leaves"][0])}
+                "max_new_tokens": max_new, "chat_template_kwargs": ctx.chat_template_kwargs,
+                "lm_eval_versions": res.get("versions", {}).get(prep["leaves"][0])}
     if generative:
         settings["thinking"] = thinking
         settings["answer"] = "text after the last </think>; empty if unterminated" if thinking else "whole output"

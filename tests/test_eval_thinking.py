@@ -120,3 +120,17 @@ def test_ifeval_scores_the_final_answer_of_a_thinking_model(tmp_path, monkeypatc
     rows = [json.loads(x) for x in (tmp_path / "metrics/tiny/items/ifeval.jsonl").read_text().splitlines()]
     by_key = {row["doc"]["key"]: row for row in rows}
     assert by_key[1001]["response"] == [""] and "a cat naps" in str(by_key[1001]["raw_response"])
+
+
+def test_chat_template_kwargs_reach_lm_eval(tmp_path):
+    """eval.yaml's chat_template_kwargs reach lm-eval's generated tasks too, not only our generative ones."""
+    from evaluation.context import EvalContext
+    from evaluation.lm_eval_bench import _hf_lm, template_args
+
+    assert template_args({}) == {"chat_template_args": None}
+    assert template_args({"enable_thinking": False}) == {"chat_template_args": None, "enable_thinking": False}
+    with pytest.raises(ValueError, match="say `thinking: true`"):
+        template_args({"enable_thinking": True})
+    ctx = EvalContext(model_cfg=ev._config_model("tiny"), items_dir=tmp_path,
+                      chat_template_kwargs={"enable_thinking": False, "custom": 1})
+    assert _hf_lm(ctx).chat_template_args == {"enable_thinking": False, "custom": 1}
