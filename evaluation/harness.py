@@ -116,6 +116,7 @@ def run(lm, spec: dict) -> dict:
     for task, rows in out["samples"].items():
         samples[task] = [{"task": task, "doc_id": r["doc_id"], "target": r.get("target"),
                           "response": r.get("filtered_resps"), "doc": r.get("doc"),
+                          **({"raw_response": r.get("resps")} if spec.get("keep_raw_responses") else {}),
                           **{m: r[m] for m in metric_keys if m in r}} for r in rows]
     return _jsonable({"results": out["results"], "n_samples": out.get("n-samples", {}), "samples": samples,
                       "versions": out.get("versions", {}), "lm_eval_config": out.get("config", {})})

@@ -6,14 +6,16 @@ The default for MMLU, MedMCQA, MedQA and PubMedQA is lm-eval's log-likelihood sc
 paper's medical model is Qwen3-4B-Thinking-2507) are evaluated generatively instead by MedEvalKit, which the paper
 follows for the medical set: question and lettered options in one user turn, the instruction below, greedy
 decoding, and the answer letter read from the completion (evaluation.grading.extract_choice: a boxed letter,
-"answer is X", a bare letter; anything inside <think>...</think> is ignored). Same data files as the lm-eval
-path; the benchmark config's `generate:` block says which fields hold the question, options and answer.
+"answer is X", a line that is a letter, "(X)", a completion ending in the letter; capitals only). A thinking
+model's answer is the text after its last </think>, and one that never closes its reasoning is wrong
+(evaluation.generative). Same data files as the lm-eval path; the benchmark config's `generate:` block says
+which fields hold the question, options and answer.
 """
 
 from __future__ import annotations
 
 from evaluation.grading import extract_choice
-from evaluation.sources import DataFormatError, choose_source, local_path, read_rows
+from evaluation.sources import DataFormatError, choose_source, local_path, read_rows, refuse_variant
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -59,6 +61,7 @@ def _rows(bench: dict) -> tuple[list[dict], str]:
 def mcq_items(bench: dict) -> tuple[list[dict], str]:
     g = bench["generate"]
     rows, source = _rows(bench)
+    refuse_variant(bench, len(rows), source)
     items = []
     for i, r in enumerate(rows):
         where = r["_where"]
@@ -88,6 +91,6 @@ def mcq_items(bench: dict) -> tuple[list[dict], str]:
     return items, source
 
 
-def grade_mcq(item: dict, completion: str) -> dict:
+def grade_mcq(item: dict, completion: str | None) -> dict:
     pred = extract_choice(completion, item["letters"])
     return {"pred": pred, "correct": pred == item["gold"]}

@@ -13,6 +13,12 @@ benchmark needs, and a bad row is reported as file:line with the missing key.
 `preflight` runs before any model loads: it applies the rule to every benchmark of the evaluation and, when
 the Hub is needed, checks once that it answers, so missing data is reported for all benchmarks at once (with
 `make eval-data` for the ones that ship offline) instead of one at a time after the Hub client's retries.
+
+Data variants: a benchmark config can name the variant its reference numbers use (`reference_variant`: option
+count or item count), a note that goes with every number (`data_note`), and a file size that marks the wrong
+variant (`refuse_items`, e.g. PubMedQA's 1,000-item ori_pqal.json instead of the 500-item test fold).
+`data_note` builds the sentence stored in a result's settings.data_note; `refuse_variant` stops such a file
+before any model work.
 """
 
 from __future__ import annotations
@@ -170,6 +176,27 @@ def pick_field(row: dict, candidates, where: str, role: str):
             return row[key]
     raise DataFormatError(f"{where}: no {role} field (looked for {list(candidates) if not isinstance(candidates, str) else [candidates]}); "
                           f"keys present: {sorted(row)}")
+
+
+def data_note(bench: dict, n_items: int | None = None, n_options: int | None = None) -> str | None:
+    """What a reader must know next to this benchmark's number: the config's note, and where the data differs
+    from the reference variant (a 5-option MedQA, a PubMedQA file that is not the 500-item test fold)."""
+    notes = [bench["data_note"]] if bench.get("data_note") else []
+    ref = bench.get("reference_variant") or {}
+    if n_options and ref.get("n_options") and n_options != ref["n_options"]:
+        notes.append(f"{n_options} options: not comparable to {ref['name']} ({ref['n_options']} options)")
+    if n_items and ref.get("n_items") and n_items != ref["n_items"]:
+        notes.append(f"{n_items} items: not the {ref['n_items']} of {ref['name']}")
+    return "; ".join(notes) or None
+
+
+def refuse_variant(bench: dict, n_items: int, where: str) -> None:
+    """Stop on a file whose size says it is the wrong variant of the benchmark (`refuse_items` in its config)."""
+    bad = bench.get("refuse_items") or {}
+    if bad and n_items == bad["n"]:
+        name = bench["name"]
+        raise DataFormatError(f"{where}: {n_items} items: {bad['why']}. Point bench.{name}.local.data_files at the "
+                              f"reference variant, or set bench.{name}.refuse_items=null to score this file anyway")
 
 
 def load_items(bench: dict) -> tuple[list[dict], str]:

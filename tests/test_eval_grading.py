@@ -1,5 +1,6 @@
-"""Grading units: \\boxed{} extraction, math-verify equivalence, multiple-choice extraction, pass@k, the IFEval
-checker (lm-eval's, on responses that do and do not follow), and the seeded subset. Fast tier."""
+"""Grading units: thinking outputs (the answer after the last </think>), \\boxed{} extraction, math-verify
+equivalence, multiple-choice extraction, pass@k, the IFEval checker (lm-eval's, on responses that do and do not
+follow), and the seeded subset. Fast tier."""
 
 import math
 
@@ -9,6 +10,8 @@ from evaluation.grading import (
     extract_boxed,
     extract_choice,
     extract_math_answer,
+    final_answer,
+    final_answers,
     gold_math_answer,
     grade_math,
     math_equal,
@@ -117,3 +120,64 @@ def test_ifeval_checker(ifeval_utils):
     assert bad["prompt_level_strict_acc"] is False and bad["inst_level_strict_acc"] == [False, False, False]
     half = ifeval_utils.process_results(doc, ["a cat sleeps. it purrs, loudly."])  # only the comma fails
     assert half["inst_level_strict_acc"] == [True, True, False] and half["prompt_level_loose_acc"] is False
+
+
+# ---- thinking outputs ---------------------------------------------------------------------------------------
+
+def test_final_answer_of_a_thinking_model_is_after_the_last_close_tag():
+    # Qwen3-Thinking-2507 prompts end in "<think>\n": the completion holds only the closing tag
+    assert final_answer("A looks right... no, B.\n</think>\n\nThe answer is B", thinking=True) == "The answer is B"
+    assert final_answer("x</think>draft</think> final", thinking=True) == "final"
+
+
+def test_unterminated_reasoning_has_no_answer():
+    assert final_answer("Let me think. The answer is probably A, but", thinking=True) is None
+    assert final_answer("reasoning</think>", thinking=True) == ""          # closed, but answered nothing
+
+
+def test_non_thinking_output_drops_only_paired_blocks():
+    assert final_answer("<think>A?</think>B", thinking=False) == "B"
+    assert final_answer("no tags: C", thinking=False) == "no tags: C"
+
+
+def test_thinking_mcq_completion_ending_in_B_is_B():
+    """The reported bug: no opening tag in the output, so the old paired-tag removal kept the reasoning and
+    returned a letter from it."""
+    out = "Checking each option.\nA. Warfarin: crosses the placenta, so no.\nB. Heparin: safe.\n</think>\n\nB"
+    assert extract_choice(final_answer(out, thinking=True), "ABCD") == "B"
+
+
+def test_lm_eval_filter_blanks_unterminated_responses():
+    assert final_answers([["plan</think>\nhello world", "still thinking"]], [{}]) == [["hello world", ""]]
+
+
+def test_unterminated_math_is_wrong_not_scored_on_reasoning():
+    assert grade_math("#### 7", None) == {"pred": None, "correct": False}
+
+
+# ---- multiple choice: the extraction conventions ------------------------------------------------------------
+
+@pytest.mark.parametrize("text, letter", [
+    ("The answer is a tricky one, but I pick C", "C"),        # 'a' is an article, not option A
+    ("a patient with these signs most likely has D", "D"),    # a line starting 'a ...' is not option A
+    ("A patient presents with fever; I would choose (C).", "C"),  # nor is a sentence starting 'A patient'
+    ("Answer: **B**", "B"), ("The answer is option B because it binds heparin", "B"),
+    ("Answer: a.", "A"),                                       # lower case only when it stands alone
+    ("Heparin is the drug of choice in pregnancy.", None),     # no committed letter: no answer
+    ("Of the options, A and C are wrong; the explanation continues at length.", None),
+    ("**C**", "C"), ("C: Warfarin", "C"),
+])
+def test_extract_choice_conventions(text, letter):
+    assert extract_choice(text, "ABCD") == letter
+
+
+# ---- math extraction ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gold, completion", [
+    ("42", "The answer is: **42**"),
+    ("60", "The answer is 60 minutes, i.e. 1 hour."),
+    ("0.5", r"So half of them: $\frac{1}{2}$"),                 # unboxed LaTeX, not the last number (2)
+    ("18", "So the answer is 18."),
+])
+def test_math_answer_without_a_box(gold, completion):
+    assert grade_math(gold, completion)["correct"], extract_math_answer(completion)
