@@ -184,10 +184,15 @@ def finished(run_dir: Path) -> bool:
 
 
 def same_config(run_dir: Path, tcfg) -> bool:
+    """The run's config.yaml is the config `tcfg` would train, by the rule training.train applies on resume (keys
+    outside guards.RESUMABLE_KEYS equal), so a kept run stays reusable when a resume-only key is added."""
     from omegaconf import OmegaConf
 
-    return (run_dir / "config.yaml").exists() and \
-        (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tcfg, resolve=True)
+    from training.guards import config_differences
+
+    path = run_dir / "config.yaml"
+    return path.exists() and not config_differences(OmegaConf.to_container(OmegaConf.load(path), resolve=True),
+                                                    OmegaConf.to_container(tcfg, resolve=True))
 
 
 def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:

@@ -165,8 +165,8 @@ def _train(cfg, run_dir: Path, rank0: bool) -> dict:
         import deepspeed
 
         deepspeed.init_distributed(auto_mpi_discovery=False)
+    train_file = resolve(cfg.data.train_file, kind="data")
     tokenizer = load_tokenizer(cfg.model)
-    train_file = resolve(cfg.data.train_file)
     hparams, weights = method_inputs(cfg.method, train_file, cfg.model.name)
     fused = resolve_fused(cfg.get("fused_loss", "auto"), cfg.method.loss)  # fails before any model loads
     examples, counts = build_examples(read_chat_jsonl(train_file), tokenizer, cfg.data.max_length,
