@@ -19,7 +19,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,               # what was evaluated: a path or a Hub id
     "method": str,              # training method, "base" for an untrained model
     "benchmark": str,           # e.g. gsm8k, aime24, mmlu, ifeval, cluewsc, bfcl_v3, arc_easy
-    "metric": str,              # e.g. exact_match, acc, acc_norm, prompt_level_strict_acc, ast_acc, nll_per_token
+    "metric": str,              # e.g. exact_match, acc, acc_norm, prompt_level_strict_acc, ast_summary, nll_per_token
     "value": (int, float),      # 0-100 for accuracies; the metric's own unit otherwise (named by `metric`)
     "n": int,                   # items scored per run
     "stderr": (int, float, type(None)),
