@@ -5,6 +5,7 @@ with the reason; with EAFT_REQUIRE="vllm,slurm,..." (set by .ci/run for what it 
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,3 +67,11 @@ def nltk_punkt(tmp_path_factory) -> Path:
     if str(where) not in nltk.data.path:
         nltk.data.path.insert(0, str(where))
     return where
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A private copy of the tiny chat data, so precomputed files land in a temp dir, not in tests/assets."""
+    d = tmp_path_factory.mktemp("data")
+    shutil.copy(Path(__file__).resolve().parent / "assets" / "tiny_chat.jsonl", d / "train.jsonl")
+    return d / "train.jsonl"

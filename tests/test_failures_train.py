@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import REPO, metrics, run_cli
+from tests.test_train import metrics, run_cli
 from training import checkpoints
 
 COMMON = ["trainer.max_steps=8", "trainer.save_steps=4", "run_name=r"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    shutil.copy(REPO / "tests/assets/tiny_chat.jsonl", d / "train.jsonl")
-    return d / "train.jsonl"
 
 
 @pytest.fixture(scope="module")

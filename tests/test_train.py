@@ -37,14 +37,6 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A private copy of the tiny data, so precomputed files land in a temp dir, not in tests/assets."""
-    d = tmp_path_factory.mktemp("data")
-    shutil.copy(REPO / "tests/assets/tiny_chat.jsonl", d / "train.jsonl")
-    return d / "train.jsonl"
-
-
-@pytest.fixture(scope="module")
 def all_methods_runs(tmp_path_factory, tiny_data) -> Path:
     out = tmp_path_factory.mktemp("runs")
     run_cli("training.precompute", "model=tiny", f"data.train_file={tiny_data}")
