@@ -15,7 +15,6 @@ differs from the one it started with, a second process on the same run directory
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import time
@@ -27,7 +26,7 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from data_pipeline.files import git_sha, repo_relative, sha256_file
+from data_pipeline.files import atomic_write_json, git_sha, repo_relative, sha256_file
 from training.checkpoints import CheckpointMarker, newest_verified, set_aside, step_of
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.guards import (
@@ -55,12 +54,6 @@ def package_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def method_inputs(method_cfg, train_file: str, base_model_name: str) -> tuple[dict, list[float] | None]:
@@ -148,7 +141,7 @@ def main(cfg) -> dict:
             return _train(cfg, run_dir, rank0)
         except Diverged as e:
             if rank0:
-                write_json(run_dir / "run_info.json", {"run": cfg.run_name, "finished": False, "error": str(e)})
+                atomic_write_json(run_dir / "run_info.json", {"run": cfg.run_name, "finished": False, "error": str(e)})
             raise
 
 
@@ -229,7 +222,7 @@ def _train(cfg, run_dir: Path, rank0: bool) -> dict:
         "finished": True,
     }
     if rank0:
-        write_json(run_dir / "run_info.json", info)
+        atomic_write_json(run_dir / "run_info.json", info)
     return info
 
 
