@@ -198,15 +198,29 @@ def _generate_vllm(model, prompts: list[str], *, max_new_tokens, temperature, to
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         cmd = [vllm_python or default_vllm_python(), "-m", "evaluation.vllm_worker", "--params",
                str(Path(tmp) / "params.json"), "--input", str(inp), "--output", str(outp)]
-        proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=None if progress else subprocess.DEVNULL,
-                              check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}): {' '.join(cmd)}; for the CPU build "
-                               "run `make vllm-venv`, on a GPU install the `gpu` extra")
+        run_vllm_subprocess(cmd, env, outp, stdout=None if progress else subprocess.DEVNULL,
+                            hint="for the CPU build run `make vllm-venv`, on a GPU install the `gpu` extra")
         rows = [json.loads(line) for line in outp.read_text().splitlines() if line.strip()]
     if len(rows) != len(prompts):
         raise RuntimeError(f"vLLM worker returned {len(rows)} results for {len(prompts)} prompts")
     return [r["outputs"] for r in sorted(rows, key=lambda r: r["index"])]
+
+
+def run_vllm_subprocess(cmd: list[str], env: dict, out: Path, stdout=None, hint: str = "") -> None:
+    """Run a vLLM worker process that writes `out` atomically when it has finished.
+
+    vLLM's CPU engine sometimes dies of a C++ abort ("terminate called without an active exception", exit -6)
+    in its background threads; the workers end with os._exit right after their atomic write, and a worker killed
+    by a signal before writing is run once more. Any other failure, or a second one, raises.
+    """
+    for attempt in (1, 2):
+        proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=stdout, check=False)
+        if proc.returncode == 0 and out.exists():
+            return
+        if proc.returncode < 0 and attempt == 1 and not out.exists():
+            print(f"vLLM worker killed by signal {-proc.returncode}; running it once more", file=sys.stderr)
+            continue
+        raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}): {' '.join(cmd)}" + (f"; {hint}" if hint else ""))
 
 
 def generate(model, conversations, *, backend: str = "hf", max_new_tokens: int = 512, temperature: float = 0.0,

@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import sys
 from pathlib import Path
 
 OWN_TASKS = Path(__file__).resolve().parent / "tasks"
@@ -160,3 +162,8 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":  # vLLM spawns an engine process: the guard keeps it from re-running main
     main()
+    # the output is written (atomically); skip interpreter teardown, where vLLM's CPU engine threads sometimes
+    # abort ("terminate called without an active exception") and would turn a finished run into exit -6
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-from evaluation.generation import REPO, default_vllm_python, generation_budget, is_thinking
+from evaluation.generation import (
+    REPO,
+    default_vllm_python,
+    generation_budget,
+    is_thinking,
+    run_vllm_subprocess,
+)
 from evaluation.grading import final_answer
 from evaluation.harness import OWN_TASKS, run, select_subset, summarize, task_yaml, write_local_tasks
 from evaluation.items import fingerprint
@@ -242,9 +247,7 @@ def _run_vllm(spec: dict, tmp: Path, ctx) -> dict:
         env.setdefault("NLTK_DATA", str(NLTK_DATA))
     cmd = [ctx.vllm.get("python") or default_vllm_python(), "-m", "evaluation.harness", "--spec",
            str(tmp / "spec.json"), "--out", str(tmp / "out.json")]
-    proc = subprocess.run(cmd, env=env, cwd=str(REPO), check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"lm-eval under vLLM failed (exit {proc.returncode}): {' '.join(cmd)}")
+    run_vllm_subprocess(cmd, env, tmp / "out.json")
     return json.loads((tmp / "out.json").read_text())
 
 

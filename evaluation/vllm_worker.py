@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -52,3 +53,8 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":  # vLLM spawns an engine process: the guard keeps it from re-running main
     main()
+    # the output is written (atomically); skip interpreter teardown, where vLLM's CPU engine threads sometimes
+    # abort ("terminate called without an active exception") and would turn a finished run into exit -6
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
