@@ -35,9 +35,9 @@ from analysis.summaries import (
     topk_correlation,
 )
 from analysis.token_stats import compute, load, read_token_stats
-from data_pipeline.files import repo_path, repo_relative, sha256_file
+from common.files import repo_path, repo_relative, sha256_file
+from common.models import load_tokenizer
 from training.data import build_examples, read_chat_jsonl
-from training.models import load_tokenizer
 from training.precompute import precomputed_path
 
 QUANTILE_COLUMNS = ["entropy", "entropy_top20", "prob", "gate"]

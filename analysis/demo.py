@@ -28,7 +28,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from data_pipeline.files import REPO, repo_path, repo_relative
+from analysis.demo_report import base_run_name, evaluated, report, run_name
+from common.files import REPO, repo_path, repo_relative
 
 CONFIGS = REPO / "configs"
 
@@ -157,14 +158,6 @@ def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
     return result
 
 
-def run_name(cfg, method: str, seed: int) -> str:
-    return f"demo-{cfg.demo_profile.name}-{method}-s{seed}"
-
-
-def base_run_name(cfg) -> str:
-    return f"demo-{cfg.demo_profile.name}-base"
-
-
 def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
     """The training.train config of one demo run. Its paths are repository-relative: the resolved config is kept
     and committed (config.yaml), and `reuse_kept` compares it in whatever checkout runs the demo."""
@@ -261,20 +254,6 @@ def keep_logs(cfg, run_dir: Path) -> Path:
     return dest
 
 
-def group_done(metrics: Path, group) -> bool:
-    """True when every benchmark of the group has a result made with the group's limit."""
-    for bench in group.benchmarks:
-        path = metrics / f"{bench}.json"
-        if not path.exists() or json.loads(path.read_text())["settings"].get("limit") != group.limit:
-            return False
-    return True
-
-
-def evaluated(cfg, name: str) -> bool:
-    """True when every evaluation group of the profile has a result for this run (or base model)."""
-    return all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups)
-
-
 def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: bool = False) -> None:
     """Every evaluation group of the profile: each is (benchmarks, limit, extra overrides). Unless the model is
     `fresh` (trained in this invocation), finished groups are skipped; an interrupted group resumes from its items
@@ -293,8 +272,6 @@ def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: b
 
 
 def main(cfg) -> dict:
-    from analysis.demo_report import report
-
     repo_path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     timer = Timer(repo_path(cfg.out_dir) / "timing.json")
     t_all = time.time()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_pipeline.files import repo_path
+from common.files import repo_path
 from evaluation.likelihood import ratio_stats
 
 TARGET_NLL, TARGET_ACC, DRIFT = "target_nll", "gsm8k_heldout", "general_kl"
@@ -355,14 +355,34 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
     return {"table": str(table), "summary": df.to_dict("records")}
 
 
+def run_name(cfg, method: str, seed: int) -> str:
+    return f"demo-{cfg.demo_profile.name}-{method}-s{seed}"
+
+
+def base_run_name(cfg) -> str:
+    return f"demo-{cfg.demo_profile.name}-base"
+
+
+def group_done(metrics: Path, group) -> bool:
+    """True when every benchmark of the group has a result made with the group's limit."""
+    for bench in group.benchmarks:
+        path = metrics / f"{bench}.json"
+        if not path.exists() or json.loads(path.read_text())["settings"].get("limit") != group.limit:
+            return False
+    return True
+
+
+def evaluated(cfg, name: str) -> bool:
+    """True when every evaluation group of the profile has a result for this run (or base model)."""
+    return all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups)
+
+
 def main(cfg) -> dict:
     """Re-render the report from results/metrics and <out_dir>/{mechanism,timing}.json, without a model."""
     out = repo_path(cfg.out_dir)
     missing = [f for f in ("mechanism.json", "timing.json") if not (out / f).exists()]
     if missing:
         raise FileNotFoundError(f"{out}: no {', '.join(missing)}; run `{cfg.demo_profile.command}` first")
-    from analysis.demo import base_run_name, evaluated, run_name
-
     runs = {run_name(cfg, m, s): {"method": m, "seed": s} for s in cfg.seeds for m in cfg.methods}
     done = {r: meta for r, meta in runs.items() if evaluated(cfg, r)}
     if not done:

@@ -3,7 +3,7 @@
     python -m analysis.relocate_results --old-root /work/main    # the checkout the files were written in
     python -m analysis.relocate_results --check                  # only list the files that hold an absolute path
 
-The writers record paths relative to the repository root (data_pipeline.files.repo_relative); files written
+The writers record paths relative to the repository root (common.files.repo_relative); files written
 before they did held the absolute paths of the machine that made them. A path under an --old-root (default: this
 checkout) is rewritten relative to that root: in text files (JSON, JSONL, YAML, Markdown, CSV, TeX) where the path
 starts a value (after a quote, a space, a backtick, `=` or at the start of a line), and in the JSON metadata of the
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_pipeline.files import REPO, atomic_write_text
+from common.files import REPO, atomic_write_text
 
 # A "/" that starts a token (not inside a word, a relative path or a URL: "://" has ":" before it), then at least
 # two names: /home/u, /tmp/x/y, /work/main/results. "~/x" is the user's home, machine-specific as well.

@@ -25,11 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_pipeline.files import repo_path  # noqa: F401 - analysis.tables imports it from here
+from common.files import REPO, repo_path  # noqa: F401 - analysis.tables imports repo_path from here
 from evaluation.schema import SchemaError, read_result, run_failure
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 BENCHMARK_DOMAIN = {
     # the paper's benchmarks (PAPER.md Sec. 6)

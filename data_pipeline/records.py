@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from data_pipeline.files import atomic_write_jsonl, read_jsonl
+from common.files import atomic_write_jsonl, read_jsonl
 
 
 class Rejected(Exception):

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from data_pipeline.files import atomic_write_json, atomic_write_jsonl, read_jsonl
+from common.files import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 class ShardStore:

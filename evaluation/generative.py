@@ -3,7 +3,7 @@
 
     python -m evaluation.evaluate model=tiny benchmarks=[gsm8k] limit=4      # the usual way in
 
-Each item becomes one conversation; evaluation.generation renders it with the chat template and samples n_runs
+Each item becomes one conversation; common.generation renders it with the chat template and samples n_runs
 completions (greedy by default; n_runs > 1 with temperature > 0 gives the mean accuracy and pass@k). Completions
 are graded as they arrive and appended to results/metrics/<run>/items/<benchmark>.jsonl, so an interrupted
 evaluation redoes only unfinished items (HF: at most one chunk of `chunk_size` items is lost; vLLM generates all
@@ -18,8 +18,8 @@ metrics.unterminated_reasoning_n their number.
 
 from __future__ import annotations
 
+from common.generation import generate, generation_budget, is_thinking
 from evaluation import bfcl
-from evaluation.generation import generate, generation_budget, is_thinking
 from evaluation.grading import final_answer, gold_math_answer, grade_math, mean_stderr, pass_at_k
 from evaluation.harness import select_subset
 from evaluation.items import ItemStore, fingerprint

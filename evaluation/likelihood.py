@@ -97,7 +97,7 @@ def kl_to_base(model, base_model, tokenizer, prompts, *, base_answers: list[str]
 
     prompts: strings (one user turn) or message lists. base_answers: reuse earlier answers (must match prompts).
     Returns {"kl": stats, "base_answer_nll": stats, "base_answers": [...]}, stats as in ratio_stats."""
-    from evaluation.generation import generate
+    from common.generation import generate
 
     convs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
     if base_answers is None:
@@ -142,7 +142,7 @@ def run_likelihood(bench: dict, ctx) -> dict:
     """Benchmark wrapper: reads the local file, honours limit, writes per-item rows, returns the result part."""
     import json
 
-    from data_pipeline.files import sha256_file  # content, not path: ./x and /abs/x share one cache
+    from common.files import sha256_file  # content, not path: ./x and /abs/x share one cache
     from evaluation.harness import select_subset
     from evaluation.items import ItemStore, fingerprint
     from evaluation.sources import choose_source, local_files, read_rows
@@ -180,7 +180,7 @@ def run_likelihood(bench: dict, ctx) -> dict:
                                        "max_new_tokens": settings["max_new_tokens"]}))
         todo = [i for i, k in enumerate(keep) if str(k) not in cache.done]
         if todo:
-            from evaluation.generation import generate
+            from common.generation import generate
 
             outs = generate(base_pair, [prompts[i] for i in todo], max_new_tokens=settings["max_new_tokens"],
                             batch_size=ctx.batch_size, progress=ctx.progress)
@@ -207,8 +207,8 @@ def run_likelihood(bench: dict, ctx) -> dict:
 def _load_base(ctx):
     import torch
 
+    from common.generation import load_for_generation
     from evaluation.context import model_fingerprint
-    from evaluation.generation import load_for_generation
 
     if model_fingerprint(ctx.base_model_cfg, ctx.seed) == ctx.model_fp():
         return ctx.pair()  # evaluating the base model itself: KL is 0 by construction

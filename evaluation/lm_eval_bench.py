@@ -22,8 +22,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from evaluation.generation import (
-    REPO,
+from common.files import REPO, repo_path
+from common.generation import (
     default_vllm_python,
     generation_budget,
     is_thinking,
@@ -32,14 +32,7 @@ from evaluation.generation import (
 from evaluation.grading import final_answer
 from evaluation.harness import OWN_TASKS, run, select_subset, summarize, task_yaml, write_local_tasks
 from evaluation.items import fingerprint
-from evaluation.sources import (
-    DataFormatError,
-    choose_source,
-    data_note,
-    local_path,
-    read_rows,
-    refuse_variant,
-)
+from evaluation.sources import DataFormatError, choose_source, data_note, read_rows, refuse_variant
 
 NLTK_DATA = REPO / "data" / "eval" / "nltk_data"
 
@@ -96,14 +89,14 @@ def prepare(bench: dict, workdir: Path, limit: int | None, seed: int, num_fewsho
     loc, required = bench["local"], list(bench.get("required_fields") or [])
     test_split = loc["test_split"]
     if "subtask_yaml" in loc:
-        root = local_path(loc["data_dir"])
+        root = repo_path(loc["data_dir"])
         subs = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not subs:
             raise DataFormatError(f"{root}: no subject folders (expected <subject>/{loc['data_files'][test_split]})")
         raw = {s: {split: root / s / f for split, f in loc["data_files"].items()} for s in subs}
         source = str(root)
     else:
-        raw = {"": {split: local_path(f) for split, f in loc["data_files"].items()}}
+        raw = {"": {split: repo_path(f) for split, f in loc["data_files"].items()}}
         source = ",".join(str(p) for p in raw[""].values())
     files, sizes, first_rows = {}, {}, []
     for sub, split_files in raw.items():
@@ -148,7 +141,7 @@ def template_args(chat_template_kwargs: dict) -> dict:
 
 
 def _vllm_args(ctx) -> dict:
-    from training.models import resolve
+    from common.models import resolve
 
     cfg = ctx.model_cfg
     if cfg.get("from_config"):

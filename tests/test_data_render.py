@@ -5,9 +5,9 @@ Qwen3-4B-Instruct-2507's templates, tests/fixtures/data/README.md), and what the
 import pytest
 from transformers import AutoTokenizer
 
+from common.files import iter_jsonl
 from data_pipeline.adapters import ADAPTERS
 from data_pipeline.chat_build import place_reasoning
-from data_pipeline.files import iter_jsonl
 from tests.conftest import REPO
 from training.data import IGNORE_INDEX, tokenize_chat
 

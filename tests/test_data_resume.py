@@ -1,6 +1,6 @@
 """Sharded generation survives a SIGKILL: a real `python -m data_pipeline.build` process is killed mid-way,
 restarted, and the result has every prompt exactly once and equals an uninterrupted build. Also: the HF teacher
-backend (evaluation.generation) on the tiny random model."""
+backend (common.generation) on the tiny random model."""
 
 import os
 import signal
@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
+from common.files import read_jsonl, sha256_file
 from data_pipeline.build import main
-from data_pipeline.files import read_jsonl, sha256_file
 from data_pipeline.shards import ShardStore
 from tests.conftest import REPO
 from tests.test_data_build import TINY_TOK, make_cfg
@@ -63,7 +63,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_hf_teacher_backend_on_the_tiny_model(tmp_path):
-    """backend=hf through evaluation.generation.generate, sampling n=2 with a seed: two builds give the same
+    """backend=hf through common.generation.generate, sampling n=2 with a seed: two builds give the same
     responses; every response is verified and recorded with its verdict (none is silently dropped)."""
     tiny_model = {"name": "tiny", "name_or_path": TINY_TOK, "tokenizer": TINY_TOK, "dtype": "float32",
                   "from_config": {"model_type": "qwen3", "hidden_size": 32, "intermediate_size": 64,

@@ -68,7 +68,7 @@ def setup(tmp_path_factory):
             f.write(json.dumps(row) + "\n")
     from hydra import compose, initialize_config_dir
 
-    from training.models import load_model, load_tokenizer
+    from common.models import load_model, load_tokenizer
     with initialize_config_dir(str(REPO / "configs"), version_base=None):
         model_cfg = compose("train", overrides=["model=tiny"]).model
     torch.manual_seed(0)

@@ -113,7 +113,7 @@ def fake_run(tmp_path):
     (run).mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"model": mcfg, "method": {"name": "eaft"},
                                                       "data": {"name": "math-mini"}}))
-    from evaluation.generation import load_for_generation
+    from common.generation import load_for_generation
 
     torch.manual_seed(1)  # different weights from the base (seed 0): KL > 0
     model, tok = load_for_generation(mcfg)

@@ -1,10 +1,10 @@
-"""evaluation.generation: the shared prompt renderer and the HF backend, on the tiny random model (fast tier)."""
+"""common.generation: the shared prompt renderer and the HF backend, on the tiny random model (fast tier)."""
 
 import pytest
 import torch
 import yaml
 
-from evaluation.generation import generate, load_for_generation, render_prompts
+from common.generation import generate, load_for_generation, render_prompts
 
 CONVS = [[{"role": "user", "content": "Ava has 3 apples and gets 4 more. How many?"}],
          "What is 2+2?",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from evaluation.generation import load_for_generation
+from common.generation import load_for_generation
 from evaluation.likelihood import kl_to_base, ratio_stats, response_nll
 from training.data import IGNORE_INDEX, tokenize_chat
 

@@ -6,8 +6,8 @@ check the plumbing and the scores on known outputs. Fast tier."""
 import pytest
 from hydra import compose, initialize_config_dir
 
+from common.generation import generation_budget
 from evaluation import evaluate as ev
-from evaluation.generation import generation_budget
 from tests.conftest import REPO
 from tests.test_eval_cli import FIXTURES
 

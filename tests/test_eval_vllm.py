@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from evaluation.generation import generate
+from common.generation import generate
 from evaluation.schema import read_result
 from tests.conftest import REPO, need
 

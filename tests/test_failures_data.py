@@ -1,4 +1,4 @@
-"""Bad data found early and named by file and line: training data (training/data.py, training/models.py), the
+"""Bad data found early and named by file and line: training data (training/data.py, common/models.py), the
 data build (data_pipeline/), and the Masked-SFT precompute (training/precompute.py, train.method_inputs).
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/test_failures_data.py -q
@@ -15,8 +15,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from common.models import load_tokenizer
 from training.data import DataError, build_examples, read_chat_jsonl
-from training.models import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
@@ -51,7 +51,7 @@ def test_case8_missing_train_file_is_named_as_data_not_as_a_model_path(tmp_path)
 
 
 def test_case8_missing_model_folder_still_says_make_assets():
-    from training.models import resolve
+    from common.models import resolve
 
     with pytest.raises(FileNotFoundError, match="model path .*make assets"):
         resolve("./data/assets/no-such-model")

@@ -43,7 +43,7 @@ def no_model_load(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("evaluation.generation.load_for_generation", boom)
+    monkeypatch.setattr("common.generation.load_for_generation", boom)
 
 
 def test_case1_nan_model_is_refused_by_evaluation(tmp_path, monkeypatch):

@@ -11,8 +11,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from analysis import relocate_results as rr
-from data_pipeline import files
-from data_pipeline.files import REPO, repo_path, repo_relative
+from common import files
+from common.files import REPO, repo_path, repo_relative
 
 TINY_DATA = "tests/assets/tiny_chat.jsonl"
 

@@ -103,7 +103,7 @@ def test_batch_8_ga_1_equals_batch_2_ga_4(tmp_path, method):
                                "trainer.gradient_accumulation_steps=4")
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
     assert m1["gate_mean"] == pytest.approx(m2["gate_mean"], rel=1e-5)
-    from training.models import load_model, load_tokenizer
+    from common.models import load_model, load_tokenizer
     torch.manual_seed(42)  # the seed the runs used; from_config initialises from the global RNG
     init = load_model(cfg_for().model, load_tokenizer(cfg_for().model)).state_dict()
     # Plain SGD, so the update is lr x gradient and compares the gradients themselves (Adam's first step is

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from data_pipeline.files import atomic_write_json
+from common.files import atomic_write_json
 
 MARKER = "checkpoint_complete.json"
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_pipeline.files import NotUtf8Error, iter_jsonl
+from common.chat import render_ids
+from common.files import NotUtf8Error, iter_jsonl
 
 IGNORE_INDEX = -100
 ROLES = {"system", "user", "assistant", "tool"}
@@ -90,22 +91,16 @@ def read_chat_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def _render(tokenizer, messages, tools, add_generation_prompt=False) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def tokenize_chat(tokenizer, messages: list[dict], tools=None) -> tuple[list[int], list[int], int]:
     """Returns (input_ids, labels, number of assistant turns left unsupervised)."""
-    ids = _render(tokenizer, messages, tools)
+    ids = render_ids(tokenizer, messages, tools)
     labels = [IGNORE_INDEX] * len(ids)
     skipped = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(_render(tokenizer, messages[:i], tools, add_generation_prompt=True))
-        upto = ids if i == len(messages) - 1 else _render(tokenizer, messages[: i + 1], tools)
+        start = len(render_ids(tokenizer, messages[:i], tools, add_generation_prompt=True))
+        upto = ids if i == len(messages) - 1 else render_ids(tokenizer, messages[: i + 1], tools)
         if ids[: len(upto)] != upto or start > len(upto):
             skipped += 1
             continue

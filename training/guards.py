@@ -127,7 +127,7 @@ def claim_config(run_dir: Path, cfg) -> None:
                            + "\nUse another run_name (or out_dir) for a new run, or delete the run directory. "
                            f"Keys that may change on resume: {', '.join(RESUMABLE_KEYS)} (training/guards.py)")
         return
-    from data_pipeline.files import atomic_write_text
+    from common.files import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 

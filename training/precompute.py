@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_pipeline.files import sha256_file
+from common.files import sha256_file
+from common.models import load_model, load_tokenizer, resolve
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
-from training.models import load_model, load_tokenizer, resolve
 
 
 def precomputed_path(train_file: str | Path, model_name: str) -> Path:

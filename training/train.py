@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from data_pipeline.files import atomic_write_json, git_sha, repo_relative, sha256_file
+from common.files import atomic_write_json, git_sha, repo_relative, sha256_file
+from common.models import REPO, load_model, load_tokenizer, resolve
 from training.checkpoints import CheckpointMarker, newest_verified, set_aside, step_of
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.guards import (
@@ -39,7 +40,6 @@ from training.guards import (
     finished_info,
     whole_run_train_loss,
 )
-from training.models import REPO, load_model, load_tokenizer, resolve
 from training.objective import MetricsCallback, Objective, resolve_fused
 from training.precompute import load_precomputed
 

@@ -1,9 +1,9 @@
 """Chat generation shared by evaluation and the data pipeline: one prompt renderer, two backends.
 
-    from evaluation.generation import generate, render_prompts
+    from common.generation import generate, render_prompts
     outs = generate("./data/assets/smollm2-135m-instruct", [[{"role": "user", "content": "2+2?"}]],
                     max_new_tokens=32)                       # -> [["4"]]: n completions per conversation
-    python -m evaluation.generation ./data/assets/smollm2-135m-instruct "What is 2+2?"   # quick check
+    python -m common.generation ./data/assets/smollm2-135m-instruct "What is 2+2?"   # quick check
 
 `render_prompts` is the ONE place prompts go through the chat template (add_generation_prompt=True). Both
 backends consume its strings, tokenised with add_special_tokens=False (the template already holds any BOS), so
@@ -11,7 +11,7 @@ HF and vLLM see the same token ids and differ only in numerics.
 
 - backend="hf": in-process transformers, batched with left padding, greedy (temperature=0) or sampling.
 - backend="vllm": `vllm.LLM.generate` on those token ids in a worker subprocess
-  (`python -m evaluation.vllm_worker`, JSONL in and out) started with `vllm_python`: default `.venv-vllm/bin/python`
+  (`python -m common.vllm_worker`, JSONL in and out) started with `vllm_python`: default `.venv-vllm/bin/python`
   when it exists (the CPU build, `make vllm-venv`), else the current interpreter (GPU clusters install vLLM
   in the main environment through the `gpu` extra).
 
@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
+from common.files import REPO
+
 VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
 
@@ -77,7 +78,7 @@ def render_prompts(tokenizer, conversations, tools=None, **chat_template_kwargs)
 
 def load_for_generation(model, dtype: str | None = None):
     """(hf_model, tokenizer) from a path / Hub id, a model config mapping, or an already loaded pair."""
-    from training.models import load_model, load_tokenizer
+    from common.models import load_model, load_tokenizer
 
     if isinstance(model, tuple):
         return model
@@ -177,7 +178,7 @@ def _generate_vllm(model, prompts: list[str], *, max_new_tokens, temperature, to
     if cfg is None or cfg.get("from_config"):
         raise ValueError("backend=vllm needs a model saved on disk or a Hub id (vLLM loads it itself); "
                          "a randomly initialised `from_config` model or an in-memory pair only works with backend=hf")
-    from training.models import resolve
+    from common.models import resolve
 
     path = resolve(cfg["name_or_path"])
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -196,7 +197,7 @@ def _generate_vllm(model, prompts: list[str], *, max_new_tokens, temperature, to
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        cmd = [vllm_python or default_vllm_python(), "-m", "evaluation.vllm_worker", "--params",
+        cmd = [vllm_python or default_vllm_python(), "-m", "common.vllm_worker", "--params",
                str(Path(tmp) / "params.json"), "--input", str(inp), "--output", str(outp)]
         run_vllm_subprocess(cmd, env, outp, stdout=None if progress else subprocess.DEVNULL,
                             hint="for the CPU build run `make vllm-venv`, on a GPU install the `gpu` extra")
@@ -239,7 +240,7 @@ def generate(model, conversations, *, backend: str = "hf", max_new_tokens: int =
         model = load_for_generation(model)
         tokenizer = model[1]
     else:
-        from training.models import load_tokenizer
+        from common.models import load_tokenizer
 
         tokenizer = model[1] if isinstance(model, tuple) else load_tokenizer(model_config(model))
     prompts = render_prompts(tokenizer, conversations, tools=tools, **(chat_template_kwargs or {}))

@@ -1,6 +1,6 @@
 """vLLM worker: runs `vllm.LLM.generate` on pre-tokenised prompts, JSONL in, JSONL out (started by generation.py).
 
-    .venv-vllm/bin/python -m evaluation.vllm_worker --params p.json --input in.jsonl --output out.jsonl
+    .venv-vllm/bin/python -m common.vllm_worker --params p.json --input in.jsonl --output out.jsonl
 
 params.json: {model, tokenizer, dtype, tensor_parallel_size, max_model_len, seed, sampling: {n, temperature,
 top_p, max_tokens, seed}}. Input rows: {prompt, prompt_token_ids}; output rows: {index, outputs: [n strings]}.

@@ -1,5 +1,5 @@
-"""Small file helpers shared by every stage: atomic writes, JSONL reading with line numbers, hashes, and how paths
-are recorded (relative to the repository root) and read back.
+"""Small file helpers shared by every stage: the path rule (how paths are recorded, relative to the repository
+root, and read back: repo_relative / repo_path), atomic writes, JSONL reading with line numbers, hashes.
 
 Every file the pipeline writes goes to a temporary name in the same folder and is renamed into place, so a
 killed process leaves either the old file or the new one, never half of one (rename is atomic on POSIX).
@@ -34,11 +34,21 @@ def repo_relative(path: str | Path) -> str:
     return str(path) if Path(path).is_absolute() else str(p)
 
 
-def repo_path(path: str | Path) -> Path:
-    """A recorded path back as a Path: an absolute one as is, a relative one against the repository root (not the
-    working directory, which Hydra jobs, tests and other tools change)."""
+def repo_path(path: str | Path, must_exist: bool = False) -> Path:
+    """The one rule for reading a path, given by a user or read back from a record: `~` expanded; an absolute
+    path as is; a relative one against the working directory when it exists there, else against the repository
+    root (records store paths relative to it, see repo_relative; Hydra jobs, tests and other tools change the
+    working directory). Always absolute, symlinks kept. `must_exist`: a missing path is a FileNotFoundError
+    naming both places looked in."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO / p
+    if p.is_absolute():
+        found = p
+    else:
+        found = p.absolute() if p.exists() else REPO / p
+    if must_exist and not found.exists():
+        where = str(p) if p.is_absolute() else f"{Path.cwd()} and {REPO}"
+        raise FileNotFoundError(f"{str(path)!r} not found (looked in {where})")
+    return found
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -1,7 +1,7 @@
 """Load tokenizers and causal LMs from a `model` config: a Hub id, a local folder, or a config (random init).
 
-Paths: a value that starts with '.', '/' or '~', or names a folder that exists (relative to the working
-directory or to the repository root), is local; a missing local path is an error that says how to make it.
+Paths: a value that starts with '.', '/' or '~', or names a folder that exists (common.files.repo_path: relative
+to the working directory, else to the repository root), is local; a missing local path is an error that says how to make it.
 Anything else of the form `org/name` is a Hub id. The CPU default and the tests only use local paths.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+from common.files import REPO, repo_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
@@ -27,14 +27,13 @@ MISSING_HINTS = {
 
 
 def resolve(name_or_path: str, kind: str | None = None) -> str:
-    """Local path (absolute, resolved against cwd then the repo root) or the Hub id unchanged.
+    """Local path (common.files.repo_path, symlinks resolved) or the Hub id unchanged.
 
     `kind` ("model" or "data") picks the hint of the error for a missing local path; None guesses from the name
     (a data file has a suffix such as .jsonl)."""
     p = Path(name_or_path).expanduser()
-    for cand in (p, REPO / p):
-        if cand.exists():
-            return str(cand.resolve())
+    if repo_path(p).exists():
+        return str(repo_path(p).resolve())
     kind = kind or ("data" if p.suffix in DATA_SUFFIXES else "model")
     looks_local = (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
                    or kind == "data")
@@ -44,7 +43,10 @@ def resolve(name_or_path: str, kind: str | None = None) -> str:
     return name_or_path
 
 
-def load_tokenizer(model_cfg):
+def load_tokenizer(model_cfg, template_hint: str = "set model.chat_template"):
+    """The tokenizer of a model config (`tokenizer`, else `name_or_path`), with a pad token (eos when it has
+    none) and `chat_template` (the template's text) replacing its own; no template at all is an error whose
+    fix is `template_hint`."""
     tok = AutoTokenizer.from_pretrained(resolve(model_cfg.get("tokenizer") or model_cfg["name_or_path"]),
                                         trust_remote_code=model_cfg.get("trust_remote_code", False))
     if tok.pad_token is None:
@@ -52,7 +54,7 @@ def load_tokenizer(model_cfg):
     if model_cfg.get("chat_template"):
         tok.chat_template = model_cfg["chat_template"]
     if tok.chat_template is None:
-        raise ValueError(f"tokenizer of model {model_cfg['name']!r} has no chat template; set model.chat_template")
+        raise ValueError(f"tokenizer of model {model_cfg['name']!r} has no chat template; {template_hint}")
     return tok
 
 
