@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pandas as pd
 
@@ -35,7 +33,7 @@ from analysis.summaries import (
     topk_correlation,
 )
 from analysis.token_stats import compute, load, read_token_stats
-from common.files import repo_path, repo_relative, sha256_file
+from common.files import atomic_write_text, repo_path, repo_relative, sha256_file
 from common.models import load_tokenizer
 from training.data import build_examples, read_chat_jsonl
 from training.precompute import precomputed_path
@@ -189,13 +187,6 @@ def json_safe(obj):
     return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def from_stats(cfg, path) -> tuple[pd.DataFrame, dict, list[dict], object]:
     """A token-statistics file instead of a model pass: (frame, metadata, examples, tokenizer). The examples are
     re-tokenised from the same rows (no model needed) for the context column; the data must be unchanged."""
@@ -232,8 +223,8 @@ def main(cfg) -> dict:
                        precomputed_thresholds(meta["data_file"], meta["model"], meta["data_sha256"]))
     text = render(rep)
     stem = repo_path(a.out_dir) / f"{meta['model']}-{meta['data']}"
-    write_atomic(stem.with_suffix(".md"), text)
-    write_atomic(stem.with_suffix(".json"), json.dumps(json_safe(rep), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), text)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(json_safe(rep), indent=2, allow_nan=False) + "\n")
     print(text)
     print(f"[audit] wrote {stem}.md and {stem}.json")
     return rep

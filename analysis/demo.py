@@ -29,7 +29,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from analysis.demo_report import base_run_name, evaluated, report, run_name
-from common.files import REPO, repo_path, repo_relative
+from common.files import REPO, atomic_path, atomic_write_text, repo_path, repo_relative
 
 CONFIGS = REPO / "configs"
 
@@ -75,9 +75,7 @@ class Timer:
     def save(self) -> None:
         # stages of an earlier invocation that this one has not reached yet keep their times
         merged = {**{k: v for k, v in self.previous.items() if k not in self.stages}, **self.stages}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(merged, indent=2) + "\n")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps(merged, indent=2) + "\n")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -114,10 +112,7 @@ def setup(cfg) -> Path:
     train_file = repo_path(cfg.out_dir) / "data" / "train.jsonl"
     rows = full_train.read_text().splitlines()[:n]
     if not train_file.exists() or train_file.read_text().splitlines() != rows:
-        train_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = train_file.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows))
-        tmp.replace(train_file)
+        atomic_write_text(train_file, "".join(r + "\n" for r in rows))
     return train_file
 
 
@@ -152,9 +147,7 @@ def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
     result = {"key": key, **summary,
               "pearson_top20_full": float(corr.loc[20, "pearson"]),
               "spearman_top20_full": float(corr.loc[20, "spearman"]) if "spearman" in corr else None}
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(cache)
+    atomic_write_text(cache, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -248,9 +241,8 @@ def keep_logs(cfg, run_dir: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.jsonl", "run_info.json", "config.yaml"):
         if (run_dir / name).exists():
-            tmp = dest / (name + ".tmp")
-            shutil.copyfile(run_dir / name, tmp)
-            tmp.replace(dest / name)
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
     return dest
 
 

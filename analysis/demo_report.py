@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.files import repo_path
+from common.files import atomic_write_text, read_jsonl, repo_path
 from evaluation.likelihood import ratio_stats
 
 TARGET_NLL, TARGET_ACC, DRIFT = "target_nll", "gsm8k_heldout", "general_kl"
@@ -47,8 +47,7 @@ def item_pairs(result: dict, which: str | None = None) -> dict[str, tuple[float,
 
     which="base_answer_nll" reads the NLL sums of general_kl instead of its KL sums."""
     out = {}
-    for line in Path(result["items_file"]).read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(Path(result["items_file"])):
         key = str(row.get("id", row.get("doc_id")))
         if "tokens" in row:
             x = row["nll_sum"] if which == "base_answer_nll" or "kl_sum" not in row else row["kl_sum"]
@@ -345,10 +344,7 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
     lines += ["", (f"Sum of the stages above: {sum(secs):.0f} s ({sum(secs) / 60:.1f} min); \"(cached)\" marks a "
                    "stage this invocation found done, with the time of the run that did it.")]
     table = out / "table.md"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = table.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(table)
+    atomic_write_text(table, "\n".join(lines) + "\n")
     save(gain_drift_figure(df, f"{cfg.model.name} on {cfg.data.name}: target gain vs general drift"), out / "gain_vs_drift")
     comp.to_csv(out / "paired_differences.csv", index=False)
     print("\n".join(lines), flush=True)

@@ -35,6 +35,7 @@ from analysis.results import (
 from analysis.summaries import region_shares, region_top_tokens, topk_correlation
 from analysis.tables import LAYOUTS
 from analysis.token_stats import read_token_stats
+from common.files import read_jsonl
 from evaluation.schema import run_failure
 
 
@@ -96,7 +97,7 @@ def training_curves(runs_dirs: list[Path]) -> dict[str, dict[str, pd.DataFrame]]
             if failed:  # a diverged run's curve is not one seed of its method's mean
                 print(f"[figures] fig 4 leaves out {path.parent}: {failed}")
                 continue
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            rows = read_jsonl(path)
             df = pd.DataFrame(rows)
             if df.empty or not {"step", "ce_high_entropy", "ce_low_entropy"} <= set(df.columns):
                 continue

@@ -17,13 +17,12 @@ commit. URLs (https://host/a/b) and relative paths (./data/x, runs/x) are not ab
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from common.files import REPO, atomic_write_text
+from common.files import REPO, atomic_path, atomic_write_text
 
 # A "/" that starts a token (not inside a word, a relative path or a URL: "://" has ":" before it), then at least
 # two names: /home/u, /tmp/x/y, /work/main/results. "~/x" is the user's home, machine-specific as well.
@@ -90,12 +89,8 @@ def relocate_parquet(path: Path, roots: list[str]) -> bool:
     if new == meta:
         return False
     table = pq.read_table(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(new), tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return True
 
 

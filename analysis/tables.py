@@ -15,14 +15,13 @@ as such in every table), then the mean over seeds.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from analysis.paper import consistency, load_paper, paper_cells
 from analysis.results import averaged, domain_means, load_metrics, repo_path, seed_means, select_checkpoints
+from common.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -174,13 +173,6 @@ def ours_table(ours: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main(cfg) -> dict:
     out = repo_path(cfg.out_dir)
     paper = load_paper(repo_path(cfg.paper_file))
@@ -195,20 +187,20 @@ def main(cfg) -> dict:
         head, body = display(build_table(lay, art, paper, ours), lay)
         caption = f"{lay.title}. Paper rows: published cells, averages recomputed from them. Ours: {label}."
         for ext, render in (("md", to_markdown), ("tex", to_latex)):
-            write(out / f"{FILES[art]}.{ext}", render(head, body, caption))
+            atomic_write_text(out / f"{FILES[art]}.{ext}", render(head, body, caption))
             written.append(f"{FILES[art]}.{ext}")
     if not ours.empty:
         head, body = ours_table(ours)
         caption = f"All our evaluated runs. {label}. Averages over benchmarks in points only (NLL, KL excluded)."
         for ext, render in (("md", to_markdown), ("tex", to_latex)):
-            write(out / f"ours.{ext}", render(head, body, caption))
+            atomic_write_text(out / f"ours.{ext}", render(head, body, caption))
             written.append(f"ours.{ext}")
     checks = consistency(paper, LAYOUTS)
     flagged = checks[checks["flag"]]
     text = (f"# The paper's printed averages checked against its own cells\n\n{len(checks)} checked, "
             f"{len(flagged)} disagree (tolerance 0.1: cells and averages are each rounded to 0.1).\n\n"
             + to_markdown(list(checks.columns), checks.astype(str).values.tolist(), "All checks"))
-    write(out / "paper_consistency.md", text)
+    atomic_write_text(out / "paper_consistency.md", text)
     written.append("paper_consistency.md")
     for r in flagged.itertuples():
         print(f"[tables] paper inconsistency: {r.artifact} {r.model} {r.method} {r.quantity}: printed {r.printed:g}, "

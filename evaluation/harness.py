@@ -27,6 +27,8 @@ import random
 import sys
 from pathlib import Path
 
+from common.files import atomic_write_text
+
 OWN_TASKS = Path(__file__).resolve().parent / "tasks"
 
 
@@ -155,9 +157,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     spec = json.loads(Path(a.spec).read_text())
     res = run(make_vllm_lm(spec["vllm_args"]), spec)
-    tmp = Path(a.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(res))
-    tmp.replace(a.out)
+    atomic_write_text(a.out, json.dumps(res))
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process: the guard keeps it from re-running main

@@ -18,6 +18,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from common.files import atomic_write_text
+
 
 def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -59,9 +61,7 @@ class ItemStore:
         if missing:
             raise RuntimeError(f"{self.path}: {len(missing)} items have no output (first: {missing[0]})")
         rows = [self.done[str(i)] for i in ids]
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in rows))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in rows))
         return rows
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.files import atomic_write_jsonl
 from training.data import IGNORE_INDEX, tokenize_chat
 
 
@@ -140,7 +141,6 @@ def _prompt_of(row: dict, where: str):
 
 def run_likelihood(bench: dict, ctx) -> dict:
     """Benchmark wrapper: reads the local file, honours limit, writes per-item rows, returns the result part."""
-    import json
 
     from common.files import sha256_file  # content, not path: ./x and /abs/x share one cache
     from evaluation.harness import select_subset
@@ -197,9 +197,7 @@ def run_likelihood(bench: dict, ctx) -> dict:
         raise ValueError(f"bench.{bench['name']}.measure must be response_nll or kl_to_base, got {bench['measure']!r}")
     ctx.items_dir.mkdir(parents=True, exist_ok=True)
     out = ctx.items_dir / f"{bench['name']}.jsonl"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items))
-    tmp.replace(out)
+    atomic_write_jsonl(out, items)
     return {"metric": metric, "value": value, "stderr": stderr, "n": n, "n_runs": 1, "settings": settings,
             "data_source": str(path), "metrics": metrics}
 

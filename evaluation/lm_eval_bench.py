@@ -22,7 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from common.files import REPO, repo_path
+from common.files import REPO, atomic_write_jsonl, repo_path
 from common.generation import (
     default_vllm_python,
     generation_budget,
@@ -182,9 +182,7 @@ def run_lm_eval(bench: dict, ctx) -> dict:
     summary = summarize(res, prep["task"], prep["leaves"], bench["metric"])
     rows = [r for leaf in prep["leaves"] for r in res["samples"].get(leaf, [])]
     items = ctx.items_dir / f"{name}.jsonl"
-    tmp_items = items.with_suffix(f".tmp{os.getpid()}")
-    tmp_items.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp_items.replace(items)
+    atomic_write_jsonl(items, rows)
     settings = {"task": bench["task"] if prep["include_defaults"] else f"{bench['task']} (local data)",
                 "num_fewshot": num_fewshot, "apply_chat_template": spec["apply_chat_template"],
                 "backend": ctx.backend, "limit": ctx.limit, "subset": prep["subset"], "split": prep.get("split"),

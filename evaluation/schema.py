@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
+
+from common.files import atomic_write_text
 
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "run": str,                 # run name (runs/<run>) or a base model's config name
@@ -83,11 +84,7 @@ def write_result(path: str | Path, obj: dict) -> Path:
     """Validate and write atomically."""
     path = Path(path)
     validate(obj, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_result(path: str | Path) -> dict:

@@ -60,6 +60,30 @@ def test_repo_path_reads_a_recorded_path_against_the_repository_from_any_cwd(tmp
     assert repo_path(tmp_path / "a") == tmp_path / "a"
 
 
+def test_repo_path_prefers_a_path_that_exists_in_the_working_directory(tmp_path, monkeypatch):
+    """The rule of repo_relative read back: what exists where the command runs, else the repository's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tests" / "assets").mkdir(parents=True)
+    (tmp_path / TINY_DATA).write_text("{}\n")
+    assert repo_path(TINY_DATA) == tmp_path / TINY_DATA
+    assert repo_path(repo_relative(tmp_path / TINY_DATA)) == tmp_path / TINY_DATA
+    assert repo_path("no/such.jsonl") == REPO / "no/such.jsonl"
+    with pytest.raises(FileNotFoundError, match=r"'no/such.jsonl' not found \(looked in .* and "):
+        repo_path("no/such.jsonl", must_exist=True)
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "sub" / "out.bin"
+    with files.atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError), files.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
+
+
 def write_parquet(path, meta: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -19,6 +19,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from transformers import TrainerCallback, TrainingArguments
 
+from common.files import atomic_write_text, read_jsonl
+
 # Keys of the composed train config that may differ between the first start of a run and a resume, because they
 # change neither the data, the model, the objective nor the optimisation. Everything else must match.
 RESUMABLE_KEYS = (
@@ -127,8 +129,6 @@ def claim_config(run_dir: Path, cfg) -> None:
                            + "\nUse another run_name (or out_dir) for a new run, or delete the run directory. "
                            f"Keys that may change on resume: {', '.join(RESUMABLE_KEYS)} (training/guards.py)")
         return
-    from common.files import atomic_write_text
-
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -196,8 +196,7 @@ def whole_run_train_loss(metrics_path: Path) -> float | None:
     if not Path(metrics_path).exists():
         return None
     total, steps, last = 0.0, 0, 0
-    for line in Path(metrics_path).read_text().splitlines():
-        row = json.loads(line) if line.strip() else {}
+    for row in read_jsonl(metrics_path):
         if "loss" in row and "step" in row:
             total += row["loss"] * (row["step"] - last)
             steps += row["step"] - last

@@ -23,13 +23,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common.files import sha256_file
+from common.files import atomic_write_text, sha256_file
 from common.models import load_model, load_tokenizer, resolve
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
@@ -127,10 +126,7 @@ def main(cfg) -> dict:
     out["masked_sft"].update(method=settings["method"], mode=settings["mode"])
     result = {"model": cfg.model.name, "data": str(train_file), "data_sha256": sha256_file(train_file), **out}
     path = precomputed_path(train_file, cfg.model.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(result))
     print(f"wrote {path}: flow tau={out['flow']['tau']:.3f}, masked_sft thresholds "
           f"H<={out['masked_sft']['entropy_threshold']:.3f} p<={out['masked_sft']['prob_threshold']:.3f}")
     return {"path": str(path), **out["masked_sft"], "flow_tau": out["flow"]["tau"]}
