@@ -36,7 +36,13 @@ if [[ -n "${EAFT_TASKS:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
         echo "[eaft] $EAFT_TASKS has no line for array task $SLURM_ARRAY_TASK_ID" >&2
         exit 2
     fi
-    eval "TASK_ARGS=($line)"  # the file is ours, written with shlex.quote
+    # Parsed, never run: xargs reads the shell quoting submit.py writes (shlex.quote: '...' and "'") and prints
+    # each argument NUL-terminated, so no $(...), glob or variable in a task line is ever expanded.
+    if ! printf '%s' "$line" | xargs -r printf '' 2>/dev/null; then
+        echo "[eaft] $EAFT_TASKS line $((SLURM_ARRAY_TASK_ID + 1)) is not shell-quoted arguments: $line" >&2
+        exit 2
+    fi
+    mapfile -d '' -t TASK_ARGS < <(printf '%s' "$line" | xargs -r printf '%s\0')
 fi
 
 eaft_banner() {
