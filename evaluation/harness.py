@@ -9,12 +9,15 @@ dataset_path / data_files / splits, so prompts, choices and metrics stay lm-eval
 subject folder plus a group that weights subjects by size, as lm-eval's own `mmlu` group does.
 
 `limit` picks a seeded random subset of documents per task (lm-eval's `samples=`), the same every time, so the
-same items are compared across models; with Hub data (sizes unknown up front) it falls back to the first N.
+same items are compared across models. Local data: the sizes are known when the task files are written
+(lm_eval_bench.prepare). Hub data: once lm-eval has loaded the task (`hub_samples`); a limit at or above a task's
+size keeps all of it.
 Resume: lm-eval's response cache (`use_cache`, an sqlite file next to the items file) keeps every finished
 request, so a rerun only computes the missing ones. Stderr is ours: sample std / sqrt(n) over the per-document
 values of the headline metric (lm-eval's bootstrap is switched off for speed).
 
-This module imports only the standard library and lm-eval, so the vLLM worker can run it inside .venv-vllm.
+This module imports only the standard library, lm-eval and common.files (standard library only), so the vLLM
+worker can run it inside .venv-vllm.
 """
 
 from __future__ import annotations
@@ -92,6 +95,18 @@ def select_subset(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(perm[:limit])
 
 
+def hub_samples(task_dict: dict, limit: int, seed: int) -> dict[str, list[int]]:
+    """{task name: select_subset(its size, limit, seed)} for every task of lm-eval's loaded task dict (groups
+    are nested dicts), the seeded sample local data gets, where lm-eval's `limit` would take the first N."""
+    out = {}
+    for key, value in task_dict.items():
+        if isinstance(value, dict):
+            out.update(hub_samples(value, limit, seed))
+        else:
+            out[getattr(value, "task_name", None) or str(key)] = select_subset(len(value.eval_docs), limit, seed)
+    return out
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
@@ -99,14 +114,14 @@ def _jsonable(x):
 def run(lm, spec: dict) -> dict:
     """One simple_evaluate call described by a JSON-able spec; returns results, counts and per-doc rows."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager, get_task_dict
 
     tm = TaskManager(include_path=spec["include_paths"], include_defaults=spec["include_defaults"])
     kwargs = {}
     if spec.get("samples"):
         kwargs["samples"] = spec["samples"]
-    elif spec.get("limit"):
-        kwargs["limit"] = spec["limit"]
+    elif spec.get("limit"):  # Hub data: the sizes are known once lm-eval has loaded the task
+        kwargs["samples"] = hub_samples(get_task_dict([spec["task"]], tm), spec["limit"], spec["subset_seed"])
     out = simple_evaluate(
         model=lm, tasks=[spec["task"]], task_manager=tm, num_fewshot=spec.get("num_fewshot"),
         log_samples=True, bootstrap_iters=0, use_cache=spec.get("use_cache"),

@@ -83,7 +83,8 @@ def prepare(bench: dict, workdir: Path, limit: int | None, seed: int, num_fewsho
     """Everything harness.run needs except the model: task names, include paths, subset, data source."""
     if choose_source(bench) == "hub":
         return {"task": bench["task"], "leaves": [bench["task"]], "include_paths": [str(OWN_TASKS)],
-                "include_defaults": True, "limit": limit, "subset": "first_n" if limit else "all",
+                "include_defaults": True, "limit": limit, "subset_seed": seed,
+                "subset": f"seeded random (seed {seed})" if limit else "all",
                 "data_source": f"{bench['hub']['path']}" + (f"/{bench['hub']['name']}" if bench["hub"].get("name") else "")
                 + f" (lm-eval task {bench['task']})", "variant": bench.get("hub_variant"), "note": data_note(bench)}
     loc, required = bench["local"], list(bench.get("required_fields") or [])

@@ -2,7 +2,9 @@
 equivalence, multiple-choice extraction, pass@k, the IFEval checker (lm-eval's, on responses that do and do not
 follow), and the seeded subset. Fast tier."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,7 +20,9 @@ from evaluation.grading import (
     mean_stderr,
     pass_at_k,
 )
-from evaluation.harness import select_subset
+from evaluation.harness import hub_samples, select_subset
+from evaluation.lm_eval_bench import prepare
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("text, boxes", [
@@ -96,6 +100,41 @@ def test_select_subset_is_seeded_and_nested():
     assert a == b and len(a) == 10 and a == sorted(a) and a != list(range(10))
     assert set(a) <= set(select_subset(100, 30, 1))   # a larger limit keeps every item of a smaller one
     assert select_subset(5, 10, 1) == list(range(5)) and select_subset(5, None, 1) == list(range(5))
+
+
+def test_hub_tasks_get_the_seeded_sample_of_their_size_not_the_first_n():
+    task = lambda name, n: SimpleNamespace(task_name=name, eval_docs=[{}] * n)
+    loaded = {"arc_easy": task("arc_easy", 570), "mmlu": {"mmlu_stem": {"mmlu_anatomy": task("mmlu_anatomy", 135),
+                                                                          "mmlu_tiny": task("mmlu_tiny", 7)}}}
+    got = hub_samples(loaded, 20, 1234)
+    assert got == {"arc_easy": select_subset(570, 20, 1234), "mmlu_anatomy": select_subset(135, 20, 1234),
+                   "mmlu_tiny": list(range(7))}  # a limit above a task's size keeps all of it
+    assert got["arc_easy"] != list(range(20))
+    hub = {"name": "arc_easy", "task": "arc_easy", "source": "hub", "hub": {"path": "allenai/ai2_arc"}}
+    spec = prepare(hub, REPO, limit=20, seed=1234)
+    assert (spec["limit"], spec["subset_seed"], spec["subset"]) == (20, 1234, "seeded random (seed 1234)")
+    assert prepare(hub, REPO, limit=None, seed=1234)["subset"] == "all"
+
+
+# Local data, the mini suite of the committed demo: the selections its tables were made from (data sizes from
+# configs/benchmark/*.yaml; checked against the data files where `make eval-data` has built them).
+DEMO_SIZES = {"data/eval/arc_easy/validation.jsonl": 570, "data/eval/piqa/validation.jsonl": 1838}
+
+
+def test_local_selections_are_the_ones_the_committed_demo_results_used():
+    checked = 0
+    for path in sorted((REPO / "results" / "metrics").glob("demo-*/*.json")):
+        res = json.loads(path.read_text())
+        if res.get("data_source") not in DEMO_SIZES:
+            continue
+        size = DEMO_SIZES[res["data_source"]]
+        if (REPO / res["data_source"]).exists():
+            assert sum(1 for line in (REPO / res["data_source"]).open() if line.strip()) == size
+        rows = [json.loads(line) for line in (REPO / res["items_file"]).read_text().splitlines() if line.strip()]
+        seed = int(res["settings"]["subset"].removeprefix("seeded random (seed ").rstrip(")"))
+        assert sorted(r["doc_id"] for r in rows) == select_subset(size, res["settings"]["limit"], seed), path
+        checked += 1
+    assert checked >= 20  # every demo run's arc_easy and piqa
 
 
 @pytest.fixture(scope="module")
