@@ -163,3 +163,14 @@ def test_every_config_composes(group, option):
         from training.losses import LOSSES
         assert cfg.method.loss in LOSSES
     assert cfg_for(f"{group}={option}", name="precompute")[group] is not None
+
+
+def test_precompute_never_writes_beside_data_committed_under_tests(tmp_path):
+    from training.precompute import precomputed_path
+
+    assert precomputed_path(tmp_path / "d" / "train.jsonl", "m") == tmp_path / "d" / "precomputed" / "m.json"
+    assert precomputed_path("./data/math/train.jsonl", "m") == Path("./data/math/precomputed/m.json")
+    tiny = precomputed_path(REPO / "tests" / "assets" / "tiny_chat.jsonl", "tiny")
+    assert tiny == REPO / "runs" / "precomputed" / "tests" / "assets" / "precomputed" / "tiny.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(tiny)], cwd=REPO, check=False)
+    assert ignored.returncode == 0, f"{tiny} is not ignored by git"

@@ -28,14 +28,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.files import atomic_write_text, sha256_file
+from common.files import REPO, atomic_write_text, sha256_file
 from common.models import load_model, load_tokenizer, resolve
 from training.data import ChatCollator, build_examples, read_chat_jsonl
 from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
 
 
 def precomputed_path(train_file: str | Path, model_name: str) -> Path:
-    return Path(train_file).parent / "precomputed" / f"{model_name}.json"
+    """<data folder>/precomputed/<model>.json, beside the data it was computed from. Data committed under tests/
+    (data=tiny) is the exception: that folder stays as committed, so its file goes to the ignored
+    runs/precomputed/<data folder, repository-relative>/ instead."""
+    folder = Path(train_file).parent
+    if folder.resolve().is_relative_to(REPO / "tests"):
+        folder = REPO / "runs" / "precomputed" / folder.resolve().relative_to(REPO)
+    return folder / "precomputed" / f"{model_name}.json"
 
 
 def load_precomputed(train_file: str | Path, model_name: str) -> dict:
