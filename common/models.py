@@ -32,8 +32,9 @@ def resolve(name_or_path: str, kind: str | None = None) -> str:
     `kind` ("model" or "data") picks the hint of the error for a missing local path; None guesses from the name
     (a data file has a suffix such as .jsonl)."""
     p = Path(name_or_path).expanduser()
-    if repo_path(p).exists():
-        return str(repo_path(p).resolve())
+    local = repo_path(p)
+    if local.exists():
+        return str(local.resolve())
     kind = kind or ("data" if p.suffix in DATA_SUFFIXES else "model")
     looks_local = (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1
                    or kind == "data")

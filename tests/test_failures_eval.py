@@ -158,7 +158,7 @@ def without_fixtures(*overrides):
 def no_eval_data(tmp_path, monkeypatch):
     """A checkout where `make eval-data` has not run: the benchmarks' relative paths resolve under tmp_path."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sources, "REPO", tmp_path)
+    monkeypatch.setattr("common.files.REPO", tmp_path)  # where repo_path reads relative paths
     no_model_load(monkeypatch)
     return tmp_path
 
