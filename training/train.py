@@ -208,7 +208,7 @@ def _train(cfg, run_dir: Path, rank0: bool) -> dict:
     manifest = Path(train_file).parent / "manifest.json"
     info = {
         "run": cfg.run_name, "model": cfg.model.name, "method": cfg.method.name, "data": cfg.data.name,
-        "seed": cfg.seed, "git_sha": git_sha(), "data_file": repo_relative(train_file),
+        "seed": cfg.seed, "profile": cfg.get("profile"), "git_sha": git_sha(), "data_file": repo_relative(train_file),
         "data_sha256": sha256_file(train_file),
         "fused_loss": fused,
         "data_manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
