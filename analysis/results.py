@@ -78,14 +78,18 @@ def _norm(path: str) -> str:
 
 def find_runs(runs_dirs: Path | str | list) -> dict[str, Path]:
     """{run name: its folder} for every folder holding a run_info.json under the given roots (missing roots are
-    skipped). A run name found in two places is an error: which one a result belongs to would be a guess."""
+    skipped; the first root wins). A run found twice with identical run_info.json is one run (the demo trains in
+    runs/ and keeps a copy of the log under results/demo/); with different ones it is an error, since which one
+    a result belongs to would be a guess."""
     found: dict[str, Path] = {}
     for root in [runs_dirs] if isinstance(runs_dirs, (str, Path)) else runs_dirs:
         for info in sorted(Path(root).rglob("run_info.json")):
             run = info.parent.name
-            if run in found and found[run] != info.parent:
-                raise SchemaError(f"run {run} has two run_info.json: {found[run]} and {info.parent}; keep one")
-            found[run] = info.parent
+            if run not in found:
+                found[run] = info.parent
+            elif (found[run] / "run_info.json").read_bytes() != info.read_bytes():
+                raise SchemaError(f"run {run} has two different run_info.json: {found[run]} and {info.parent}; "
+                                  "delete the stale one")
     return found
 
 

@@ -220,3 +220,17 @@ def test_a_base_model_under_another_run_name_is_found_by_its_path(tmp_path):
     (tmp_path / "demo-x-base").mkdir()
     (tmp_path / "demo-x-base" / "gsm8k.json").write_text(json.dumps(r))
     assert load_metrics(tmp_path, NO_RUNS)["base_model"].tolist() == ["smollm2-135m"]
+
+
+def test_a_run_kept_in_two_places_is_one_run_unless_they_disagree(tmp_path):
+    import shutil
+
+    from analysis.results import find_runs
+
+    a, b = tmp_path / "runs", tmp_path / "results/demo/runs"
+    shutil.copytree(RUNS / "qwen3-4b-math-sft-s1", a / "qwen3-4b-math-sft-s1")
+    shutil.copytree(RUNS / "qwen3-4b-math-sft-s1", b / "qwen3-4b-math-sft-s1")  # the demo's kept copy
+    assert find_runs([a, tmp_path / "results"]) == {"qwen3-4b-math-sft-s1": a / "qwen3-4b-math-sft-s1"}
+    (b / "qwen3-4b-math-sft-s1" / "run_info.json").write_text('{"model": "other"}')
+    with pytest.raises(SchemaError, match="qwen3-4b-math-sft-s1 has two different run_info.json"):
+        find_runs([a, tmp_path / "results"])
