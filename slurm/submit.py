@@ -287,8 +287,10 @@ def main(argv=None) -> dict:
         print(f"[submit] no trainer= in --train-args: training uses trainer={DEFAULT_TRAINER} "
               f"(configs/trainer/{DEFAULT_TRAINER}.yaml)", file=sys.stderr)
     check_trainer(train_common, g, "--train-args")  # before composing anything with it
-    if args.methods and not args.experiments:
-        precompute_method(args.methods.split(","))  # a Masked-SFT q/k clash is named before the configs compose
+    if args.methods and not args.experiments:  # named before the configs compose: a Masked-SFT q/k clash, and
+        precompute_method(args.methods.split(","))  # a data set with no build config
+        if args.data and not args.no_build_data:
+            data_needs_gpus(args.data, shlex.split(args.data_args))
     plan = planned_runs(args, train_common)
     models = sorted({m for by_model in plan.values() for m in by_model})
     nodes = per_model(args.nodes, models, 1)
