@@ -51,6 +51,8 @@ RUNS_DIRS = [REPO / "runs", REPO / "results/demo"]
 
 def declared_domain(path: Path) -> str:
     """The `domain:` a benchmark or data config declares; an error naming the file when it is missing or unknown."""
+    if not Path(path).exists():
+        raise SchemaError(f"no {path} to declare the domain")
     domain = OmegaConf.load(path).get("domain")
     if domain not in DOMAINS:
         raise SchemaError(f"{path}: domain {domain!r} is not one of {DOMAINS}; declare it (`domain: <one of them>`)")
