@@ -89,3 +89,14 @@ def test_submit_help_ends_with_a_full_sentence():
     out = subprocess.run([sys.executable, "slurm/submit.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.rstrip()
     assert out.endswith("<logs>/submit-<time>.json.") and "--experiments" in out
+
+
+def test_evaluation_takes_a_runs_domain_from_its_config_never_from_its_name(tmp_path):
+    from evaluation.evaluate import data_domain
+
+    assert data_domain({"name": "medical-v2", "domain": "math"}) == "math"  # declared wins over the name
+    assert data_domain({"name": "math-mini"}) == "math"  # an older config.yaml: configs/data/math-mini.yaml's
+    with pytest.raises(ValueError, match="no .*configs/data/mathematics.yaml to declare it"):
+        data_domain({"name": "mathematics"})
+    with pytest.raises(ValueError, match="domain 'maths' is not one of"):
+        data_domain({"name": "x", "domain": "maths"})
