@@ -157,12 +157,31 @@ def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
     return result
 
 
+def run_prefix(cfg) -> str:
+    return f"demo-{cfg.demo_profile.name}"
+
+
 def run_name(cfg, method: str, seed: int) -> str:
-    return f"demo-{cfg.demo_profile.name}-{method}-s{seed}"
+    """training.train's own name for the run (configs/train.yaml `run_name`, the one definition)."""
+    return compose_cfg("train", [f"run_prefix={run_prefix(cfg)}", f"method={method}", f"seed={seed}"]).run_name
 
 
 def base_run_name(cfg) -> str:
-    return f"demo-{cfg.demo_profile.name}-base"
+    return f"{run_prefix(cfg)}-base"
+
+
+def write_base_info(cfg, name: str) -> Path:
+    """<out_dir>/runs/<base>/run_info.json: the base model's identity and profile for analysis (it is evaluated
+    once per profile, with that profile's evaluation sizes, so it belongs to that profile alone)."""
+    from data_pipeline.files import atomic_write_json
+
+    path = repo_path(cfg.out_dir) / "runs" / name / "run_info.json"
+    info = {"run": name, "model": cfg.model.name, "method": "base", "data": None, "seed": None,
+            "profile": cfg.demo_profile.name, "finished": True}
+    if not path.exists() or json.loads(path.read_text()) != info:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, info)
+    return path
 
 
 def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
@@ -170,7 +189,7 @@ def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
     and committed (config.yaml), and `reuse_kept` compares it in whatever checkout runs the demo."""
     t = cfg.demo_profile.train
     overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={method}", "trainer=cpu",
-                 f"seed={seed}", f"run_name={run_name(cfg, method, seed)}",
+                 f"seed={seed}", f"run_prefix={run_prefix(cfg)}", f"profile={cfg.demo_profile.name}",
                  f"out_dir={repo_relative(repo_path(cfg.runs_dir))}",
                  f"data.train_file={repo_relative(train_file)}", f"data.max_length={t.max_length}",
                  f"trainer.bf16={str(bf16).lower()}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
@@ -308,6 +327,7 @@ def main(cfg) -> dict:
     base = base_run_name(cfg)
     with timer("evaluate the base model"):
         evaluate(cfg, cfg.model.name, base, bf16, timer)
+        write_base_info(cfg, base)
     runs = {}
     for seed in cfg.seeds:
         for method in cfg.methods:
