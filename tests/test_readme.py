@@ -215,6 +215,21 @@ def test_calculator_tag_finding_is_the_committed_audit():
         assert f"{tags} of the {audit['conflicts']}" in text, doc
 
 
+def test_paper_md_has_the_sections_the_code_cites():
+    headings = re.findall(r"^## (.+)$", PAPER_MD.read_text(), re.MULTILINE)
+    cited = ["Method", "Baselines", "Published settings", "Published results", "Where the paper is silent"]
+    assert headings == cited, f"docs/paper.md's sections are cited by name elsewhere; keep them: {cited}"
+
+
+def test_nothing_cites_notes_outside_the_repository():
+    """The repository stands alone: its paper notes are docs/paper.md, not a PAPER.md it does not hold."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "-C", str(REPO), "grep", "-n", "PAPER.md", "--", ".", ":!tests/test_readme.py"],
+                         check=False, capture_output=True, text=True).stdout  # git grep exits 1 on no match
+    assert not out, f"cite docs/paper.md (by section) instead of PAPER.md:\n{out}"
+
+
 def test_readme_torch_example_runs():
     """The plain-torch block of 'Using the losses in your own trainer' runs as written; the HF block compiles."""
     blocks = re.findall(r"```python\n(.*?)```", section(README.read_text(), "Using the losses in your own trainer"),
