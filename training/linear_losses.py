@@ -15,12 +15,13 @@ supervised positions (`losses.supervised_positions`) go through the head.
     per-token values (N floats) and reduces them, exactly as `losses.with_batch_stats` does over the whole batch.
     Main pass, for each chunk of C tokens: logits (C, V) = h_c @ W^T in the compute dtype (the weight's, or
     autocast's); `losses.tokens_from_logits`; the gate (`losses.GATES`, with the statistics); `losses.gated_ce`
-    summed and divided by `losses.denominator`; its gradient w.r.t. the chunk's logits by autograd; then
-    grad_h_c = G @ W and grad_W += G^T @ h_c (fp32 accumulator). The autograd Function returns these saved
-    gradients in its backward (scaled by the incoming gradient), so nothing of size N x V is ever kept: the extra
-    peak memory is a few (C, V) buffers (logits, log-softmax, their gradients) plus the fp32 (V, d)
-    weight-gradient accumulator, whatever N is. Under torch.no_grad (evaluation) only the loss and statistics are
-    computed: one matmul per chunk instead of three.
+    summed and divided by `losses.denominator`; its gradient w.r.t. the logits by `losses.gated_ce_grad_` (the
+    closed form, written over the logits' buffer), then grad_h_c = G @ W and grad_W += G^T @ h_c (fp32
+    accumulator). The autograd Function returns these saved gradients in its backward (scaled by the incoming
+    gradient), so nothing of size N x V is ever kept: the extra peak memory is about two fp32 (C, V) buffers
+    plus the fp32 (V, d) weight-gradient accumulator, whatever N is. Autograd per chunk was measured and
+    rejected: it keeps three more (C, V) buffers (1 GB more at the Qwen3-4B head, more than plain CE at N = 1,024).
+    Under torch.no_grad (evaluation) only the loss and statistics are computed: one matmul per chunk, not three.
     Guard: a gate whose weights depend on other tokens through something it does not declare would silently be
     computed per chunk. On the first chunk, the gate is also run on each half alone; different weights are an
     error that names the gate.
@@ -58,6 +59,7 @@ from training.losses import (
     denominator,
     gate_hparams,
     gated_ce,
+    gated_ce_grad_,
     missing_batch_stats,
     supervised_positions,
     token_sums,
@@ -169,26 +171,25 @@ def _fused_pass(h: torch.Tensor, weight: torch.Tensor, *, name: str, targets: to
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, n, chunk):
             hc = h[s:s + chunk].to(cd)  # (c, d)
-            logits = (hc @ w_cd.t()).requires_grad_(with_grad)  # (c, V), rounded to cd as lm_head's output
-            with torch.set_grad_enabled(with_grad):
-                tok = tokens_from_logits(logits, targets[s:s + chunk], rows[s:s + chunk])
-                gate = gate_fn(tok, **hparams)  # (c,) detached, or None for plain CE
-                part = gated_ce(tok, gate).sum()  # this chunk's share of the numerator
-                part_loss = part / denom
+            # (c, V): rounded to the compute dtype as lm_head's output is, then upcast
+            tok = tokens_from_logits(hc @ w_cd.t(), targets[s:s + chunk], rows[s:s + chunk])
+            gate = gate_fn(tok, **hparams)  # (c,) detached, or None for plain CE
             if s == 0:
                 _check_per_token(name, gate_fn, tok, gate, hparams)
+            total += gated_ce(tok, gate).sum()
+            # The raw logits are not needed any more: their buffer becomes the softmax, then the gradient.
+            probs = torch.exp(tok.logp, out=tok.logits)  # (c, V)
             if sums is not None:
-                # Full-vocabulary entropy as a batched dot product: no (c, V) product temporary.
-                logp = tok.logp.detach()
-                entropy = -torch.bmm(logp.exp().unsqueeze(1), logp.unsqueeze(2)).view(-1)
+                # Full-vocabulary entropy as a batched dot product: no third (c, V) temporary.
+                entropy = -torch.bmm(probs.unsqueeze(1), tok.logp.unsqueeze(2)).view(-1)
                 _add_sums(sums, token_sums(tok, gate, entropy))
-            total += part.detach()
             if with_grad:
-                (grad_logits,) = torch.autograd.grad(part_loss, logits)  # (c, V) in cd: d loss / d logits
-                del tok, gate, part, part_loss
+                grad_logits = gated_ce_grad_(probs, tok.targets, gate, 1.0 / denom)  # (c, V), over probs
+                del tok, gate, probs
+                grad_logits = grad_logits if cd == torch.float32 else grad_logits.to(cd)
                 grad_h[s:s + chunk] = grad_logits @ w_cd  # (c, d)
                 _accumulate_grad_weight(grad_w, grad_logits, hc, first=s == 0)
-            del logits
+                del grad_logits
     loss = total / denom if n else total
     return loss, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
 

@@ -11,7 +11,7 @@ fused chunked path (training/linear_losses.py, from the hidden states and the he
     tokens_from_logits     upcast to fp32, log-softmax, per-token CE                  -> Tokens
     with_batch_stats       the batch statistics the gate declares (`needs`), unless passed in
     gate_fn(tok, **hp)     the method: (N,) weights, detached, or None for plain CE
-    gated_ce               w_t * CE_t, the only place the gate meets the loss
+    gated_ce               w_t * CE_t, the only place the gate meets the loss (`gated_ce_grad_`: its gradient)
     denominator            num_items_in_batch, else N
     token_sums             the logged gate statistics, as sums
 
@@ -111,8 +111,19 @@ def supervised_tokens(logits: torch.Tensor, labels: torch.Tensor) -> Tokens:
 
 
 def gated_ce(tok: Tokens, gate: torch.Tensor | None) -> torch.Tensor:
-    """(N,) per-token loss w_t * CE_t, the gate detached (None: plain CE). Both paths differentiate this."""
+    """(N,) per-token loss w_t * CE_t, the gate detached (None: plain CE): the only place the gate meets the loss."""
     return tok.ce if gate is None else gate.detach() * tok.ce
+
+
+@torch.no_grad()
+def gated_ce_grad_(probs: torch.Tensor, targets: torch.Tensor, gate: torch.Tensor | None, scale) -> torch.Tensor:
+    """The gradient of scale * sum_t gated_ce_t w.r.t. the logits, scale * w_t * (softmax_t - onehot(y_t)), written
+    over `probs` (N, V), the softmax. Closed form, for the fused path, which cannot keep an autograd graph of
+    (N, V); tests check it against autograd of `gated_ce` for every gate, so the two cannot drift apart."""
+    coef = scale * (torch.ones_like(targets, dtype=probs.dtype) if gate is None else gate.detach().to(probs.dtype))
+    probs.mul_(coef.unsqueeze(1))
+    probs[torch.arange(targets.numel(), device=targets.device), targets] -= coef
+    return probs
 
 
 def denominator(num_items_in_batch, n_tokens: int, device):
