@@ -449,3 +449,15 @@ def test_bench_baselines_agree_and_the_script_writes_its_table(tmp_path):
     table = md.read_text()
     assert len(rows.read_text().splitlines()) == 2 * len(bench.DEFAULT_METHODS)
     assert f"| 48 | chunked_eaft | {linear_losses.DEFAULT_CHUNK_SIZE} |" in table and "python -m training.bench --tokens 24,48" in table
+
+
+def test_bench_help_explains_the_shape_and_method_options(capsys):
+    from training import bench
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "hidden size d of the head's input" in out and "vocabulary size V" in out
+    assert "comma-separated cases to time, from: " + ", ".join(bench.METHODS) in out
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "chunked_eaft,nonsense"])
+    assert "unknown --methods nonsense" in capsys.readouterr().err
