@@ -33,14 +33,14 @@ supervised positions (`losses.supervised_positions`) go through the head.
 
 Chunk size. DEFAULT_CHUNK_SIZE = 512 tokens, from `python -m training.bench --chunk-sweep` at the Qwen3-4B head
 (d 2560, V 151,936, fp32, 2 CPU threads; results/bench/loss_kernels.md). Process CPU time at N = 2,048 relative
-to plain CE with full logits: chunk 256 1.18x, 512 1.03x, 1024 1.02x. Small chunks lose because every chunk reads
-W twice and reads and writes the fp32 (V, d) weight-gradient accumulator (6.2 GB of traffic per chunk here) and
-because the grad_W matmul has inner size C; 512 is the smallest chunk that is within a few % of plain CE, and one
-(C, V) fp32 buffer is 512 x 151,936 x 4 B = 0.31 GB, against 2.5 GB for ONE fp32 copy of the logits of 4,096
-tokens. Not measured on a GPU: there the fixed per-chunk cost is also ~6.2 GB of memory traffic (bf16 W twice,
-the fp32 accumulator, the bf16 block products: ~2 ms on an H100) against 1.2 TFLOP of matmuls per 512-token
-chunk (~2 ms), so larger chunks (2,048-4,096) are likely faster there; run the same sweep on the GPU and set
-`fused_chunk_size`.
+to plain CE with full logits: chunk 256 1.18x, 512 1.03x, 1024 1.02x; peak extra memory 1.91, 2.23, 2.84 GB
+(plain CE 3.74 GB). Small chunks lose because every chunk reads W twice and reads and writes the fp32 (V, d)
+weight-gradient accumulator (6.2 GB of traffic per chunk here) and because the grad_W matmul has inner size C;
+512 is the smallest chunk that is within a few % of plain CE, and its two (C, V) buffers are 2 x 512 x 151,936
+x 4 B = 0.62 GB, against 2.5 GB for ONE fp32 copy of the logits of 4,096 tokens. Not measured on a GPU: there
+the fixed per-chunk cost is also ~6.2 GB of memory traffic (bf16 W twice, the fp32 accumulator, the bf16 block
+products: ~2 ms on an H100) against 1.2 TFLOP of matmuls per 512-token chunk (~2 ms), so larger chunks
+(2,048-4,096) are likely faster there; run the same sweep on the GPU and set `fused_chunk_size`.
 
 Try it:  python -c "import torch; from training.linear_losses import LINEAR_LOSSES; \
           print(LINEAR_LOSSES['eaft'](torch.randn(2, 5, 16), torch.randn(50, 16), torch.randint(0, 50, (2, 5))))"
