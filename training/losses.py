@@ -28,13 +28,15 @@ Paper map (arXiv 2601.02151; docs/paper.md "Method" and "Baselines"):
     Sec. 3.2   pilot mask: drop H_topK <= tau_q AND p <= pi_q              masked_sft_gate(mode="entropy_and_prob")
     Sec. 3     confident conflict: low entropy and low p                   CONFLICT_MAX_*, token_sums
     Fig. 6     top-K entropy against the full entropy                      topk_entropy, full_entropy
-    Table 1    SFT (CE) / DFT / TALR / MiLe / FLOW / SFT-KL                sft_gate, dft_gate, talr_gate, mile_gate,
-                                                                          flow_gate, sft_kl_loss
-    App. F     sum over tokens / N, N over the whole GA window            denominator (num_items_in_batch)
+    Table 1    baselines SFT, DFT, TALR, MiLe, FLOW, SFT-KL               sft_gate, dft_gate, talr_gate, mile_gate,
+               (definitions from their own papers: docs/paper.md "Baselines")   flow_gate, sft_kl_loss
+    code       sum_t w_t CE_t / N, N over the whole GA window, gate detached   denominator, gated_ce
+               (the authors' released loss, not stated in the paper text)
 
-Adding a method: write a gate `(Tokens, **hparams) -> (N,) weights` and add it to GATES; if it reads anything
-computed over the whole batch (a median, a quantile, a mean), declare it with `@needs(BatchStat(...))`, or the
-fused path refuses it (it would otherwise compute it per chunk).
+Adding a method: write a gate `(Tokens, **hparams) -> (N,) weights`, add it to GATES and write
+configs/method/<name>.yaml; the parity tests pick it up from GATES. If it reads anything computed over the whole
+batch (a median, a quantile, a mean), declare it with `@needs(BatchStat(...))` (see talr_gate), or the fused path
+refuses it (it would otherwise compute it per chunk).
 
 Try it:  python -c "import torch; from training.losses import LOSSES; \
           print(LOSSES['eaft'](torch.randn(2, 5, 50), torch.randint(0, 50, (2, 5))))"
