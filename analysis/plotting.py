@@ -61,8 +61,10 @@ def save(fig, stem: str | Path, formats=("png", "pdf")) -> list[Path]:
 def place_labels(ax, points, labels, colors, fontsize: float = 8) -> list:
     """Annotate points without overlapping labels: each label takes the first of a few offsets whose box
     overlaps no label placed before it (greedy; good enough for a dozen points)."""
-    offsets = [(5, 4), (5, -12), (-5, 4), (-5, -12), (0, 10), (0, -16), (8, 16), (8, -22), (-8, 16), (-8, -22)]
+    offsets = [(5, 4), (5, -12), (-5, 4), (-5, -12), (0, 10), (0, -16), (8, 16), (8, -22), (-8, 16), (-8, -22),
+               (5, 28), (5, -34), (-5, 28), (-5, -34), (5, 40), (5, -46)]
     fig = ax.figure
+    fig.canvas.draw()  # run the layout first: boxes measured before it moves the axes would not match the file
     renderer = fig.canvas.get_renderer()
     placed, texts = [], []
     for (x, y), label, color in zip(points, labels, colors):

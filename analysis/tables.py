@@ -66,12 +66,20 @@ def ours_scores(metrics: pd.DataFrame) -> pd.DataFrame:
     return seed_means(metrics)
 
 
-def ours_cells(ours: pd.DataFrame, model: str, domain: str, method: str) -> dict:
-    """{benchmark: value} and n_seeds for one row of a paper table (base rows have no target domain)."""
+def ours_cells(ours: pd.DataFrame, model: str, domain: str, method: str, profile=None) -> dict:
+    """{benchmark: value} and n_seeds for one row of a paper table (base rows have no target domain), in one
+    profile (None: the runs that record none)."""
     sel = (ours["base_model"] == model) & (ours["method"] == method)
+    sel &= ours["profile"].isna() if profile is None or pd.isna(profile) else ours["profile"] == profile
     sel &= (ours["target_domain"] == "*") if method == "base" else (ours["target_domain"] == domain)
     d = averaged(ours[sel])
     return {"values": dict(zip(d["benchmark"], d["value"])), "n_seeds": int(d["n_seeds"].max()) if len(d) else 0}
+
+
+def profiles_of(ours: pd.DataFrame, model: str) -> list:
+    """The profiles with results of `model`, sorted; [None] when there are none (an empty "ours" row)."""
+    found = ours.loc[ours["base_model"] == model, "profile"].drop_duplicates()
+    return sorted(found, key=lambda p: (pd.isna(p), str(p))) or [None]
 
 
 def row_means(values: dict, lay: Layout) -> tuple[float, float]:
@@ -87,25 +95,29 @@ def build_table(lay: Layout, artifact: str, paper: pd.DataFrame, ours: pd.DataFr
     checks = consistency(paper, {artifact: lay})
     rows = []
     for model, model_name in lay.models.items():
+        profiles = profiles_of(ours, model)
         base = {}
         for method in lay.methods:
             p = cells.loc[(model, method)].to_dict() if (model, method) in cells.index else {}
-            o = ours_cells(ours, model, lay.domain, method)
-            for source, values in (("paper", p), ("ours", o["values"])):
+            sources = [("paper", None, p)] + [("ours", prof, ours_cells(ours, model, lay.domain, method, prof))
+                                              for prof in profiles]
+            for source, profile, got in sources:
+                values = got if source == "paper" else got["values"]
                 tgt, gen = row_means(values, lay)
+                key = (source, None if profile is None or pd.isna(profile) else profile)
                 if method == "base":
-                    base[source] = gen
-                row = {"model": model, "method": method, "source": source,
+                    base[key] = gen
+                row = {"model": model, "method": method, "source": source, "profile": key[1],
                        "label": model_name if method == "base" else f"+ {METHOD_NAMES.get(method, method)}",
                        **{b: values.get(b, float("nan")) for b in lay.target + lay.general},
-                       "target_avg": tgt, "general_avg": gen, "delta": gen - base.get(source, float("nan")),
+                       "target_avg": tgt, "general_avg": gen, "delta": gen - base.get(key, float("nan")),
                        "note": ""}
                 if source == "paper":
                     bad = checks[(checks["model"] == model) & (checks["method"] == method) & checks["flag"]]
                     row["note"] = "; ".join(f"printed {r.quantity} {r.printed:g} ≠ {r.from_cells:.2f} from its cells"
                                             for r in bad.itertuples())
-                elif o["n_seeds"]:
-                    row["note"] = f"{o['n_seeds']} seed(s)"
+                elif got["n_seeds"]:
+                    row["note"] = f"{got['n_seeds']} seed(s)"
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -117,7 +129,8 @@ def display(table: pd.DataFrame, lay: Layout) -> tuple[list[str], list[list[str]
     head += [BENCH_NAMES.get(b, b) for b in lay.general] + ["General (Δ)", "note"]
     body = []
     for r in table.to_dict("records"):
-        cells = [r["label"] if r["source"] == "paper" else "", r["source"]]
+        source = r["source"] if pd.isna(r["profile"]) else f"{r['source']} ({r['profile']})"
+        cells = [r["label"] if r["source"] == "paper" else "", source]
         cells += [fmt(r[b]) for b in lay.target] + ([fmt(r["target_avg"], 2)] if lay.target_avg else [])
         cells += [fmt(r[b]) for b in lay.general]
         gen = fmt(r["general_avg"], 2)
@@ -150,24 +163,29 @@ def to_latex(head: list[str], body: list[list[str]], caption: str) -> str:
 
 
 def ours_table(ours: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Every (model, target domain, method) we have, with its own benchmarks; Δ general vs that model's base."""
+    """Every (model, profile, target domain, method) we have, with its own benchmarks; Δ vs that model's base
+    in the same profile. Profiles are never pooled."""
     means = domain_means(ours)
     domain_of = dict(zip(ours["benchmark"], ours["bench_domain"]))
-    order = {d: i for i, d in enumerate(["math", "medical", "agent", "general", "other"])}
+    order = {d: i for i, d in enumerate(["math", "medical", "agent", "general", "target"])}
     benches = sorted(domain_of, key=lambda b: (order.get(domain_of[b], 9), b))
-    head = ["model", "target domain", "method"] + [BENCH_NAMES.get(b, b) for b in benches]
+    head = ["model", "profile", "target domain", "method"] + [BENCH_NAMES.get(b, b) for b in benches]
     head += ["target avg", "general avg", "Δ general", "Δ target", "seeds"]
     body = []
-    for r in means.sort_values(["base_model", "target_domain", "method"]).to_dict("records"):
-        sel = (ours["base_model"] == r["base_model"]) & (ours["method"] == r["method"])
-        sel &= (ours["target_domain"] == ("*" if r["method"] == "base" else r["target_domain"]))
+    keys = ["base_model", "profile", "target_domain"]
+    for r in means.sort_values([*keys, "method"], na_position="first").to_dict("records"):
+        same = (ours["base_model"] == r["base_model"]) & (ours["method"] == r["method"])
+        same &= ours["profile"].isna() if pd.isna(r["profile"]) else ours["profile"] == r["profile"]
+        sel = same & (ours["target_domain"] == ("*" if r["method"] == "base" else r["target_domain"]))
         vals = dict(zip(ours.loc[sel, "benchmark"], ours.loc[sel, "value"]))
-        base = means[(means["base_model"] == r["base_model"]) & (means["target_domain"] == r["target_domain"])
-                     & (means["method"] == "base")]
+        base = means[(means["method"] == "base") & (means["base_model"] == r["base_model"])
+                     & (means["target_domain"] == r["target_domain"])
+                     & (means["profile"].isna() if pd.isna(r["profile"]) else means["profile"] == r["profile"])]
         dg = r["general"] - base["general"].iloc[0] if len(base) else float("nan")
         dt = r["target"] - base["target"].iloc[0] if len(base) else float("nan")
         seeds = int(ours.loc[sel, "n_seeds"].max()) if sel.any() else 0
-        body.append([str(r["base_model"]), str(r["target_domain"]), METHOD_NAMES.get(r["method"], r["method"])]
+        body.append([str(r["base_model"]), "–" if pd.isna(r["profile"]) else str(r["profile"]),
+                     str(r["target_domain"]), METHOD_NAMES.get(r["method"], r["method"])]
                     + [fmt(vals.get(b), 2) for b in benches]
                     + [fmt(r["target"], 2), fmt(r["general"], 2), fmt(dg, 2, True), fmt(dt, 2, True), str(seeds)])
     return head, body
@@ -176,7 +194,8 @@ def ours_table(ours: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 def main(cfg) -> dict:
     out = repo_path(cfg.out_dir)
     paper = load_paper(repo_path(cfg.paper_file))
-    metrics = load_metrics(repo_path(cfg.metrics_dir), repo_path(cfg.runs_dir))
+    runs_dirs = [cfg.runs_dir] if isinstance(cfg.runs_dir, str) else list(cfg.runs_dir)
+    metrics = load_metrics(repo_path(cfg.metrics_dir), [repo_path(d) for d in runs_dirs])
     selected = select_checkpoints(metrics, cfg.select)
     ours = ours_scores(selected)
     label = f"checkpoint = {selected['selection'].iloc[0]}" if len(selected) else "no results of ours yet"

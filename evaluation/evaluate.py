@@ -32,7 +32,22 @@ from evaluation.schema import run_failure, write_result
 from evaluation.sources import preflight
 from training.checkpoints import newest_verified, step_of, verify
 
-DOMAINS = ("math", "medical", "agent")
+# Target domains a training data config may declare (configs/data/*.yaml `domain:`).
+DOMAINS = ("math", "medical", "agent", "general")
+
+
+def data_domain(data_cfg: dict) -> str:
+    """The target domain a run trained on: its composed config's data.domain. A run composed before data configs
+    declared it (config.yaml without data.domain) takes the declaration of configs/data/<data.name>.yaml."""
+    domain, source = data_cfg.get("domain"), "the run's config.yaml (data.domain)"
+    if domain is None:
+        path = REPO / "configs" / "data" / f"{data_cfg.get('name')}.yaml"
+        if not path.exists():
+            raise ValueError(f"the run's config.yaml has no data.domain and there is no {path} to declare it")
+        domain, source = OmegaConf.load(path).get("domain"), str(path)
+    if domain not in DOMAINS:
+        raise ValueError(f"{source}: domain {domain!r} is not one of {DOMAINS}")
+    return domain
 
 
 def _config_model(name: str) -> dict | None:
@@ -60,8 +75,7 @@ def _from_run(run_dir: Path, model_dir: Path, step: int | None) -> dict:
     # HF Trainer checkpoints hold no tokenizer (train.py saves it with final/ only)
     tok_dir = next((d for d in (model_dir, run_dir / "final") if _has_tokenizer(d)), None)
     mcfg["tokenizer"] = str(tok_dir) if tok_dir else base.get("tokenizer") or base["name_or_path"]
-    data = str((rcfg.get("data") or {}).get("name", ""))
-    domain = next((d for d in DOMAINS if data.startswith(d)), None)
+    domain = data_domain(rcfg.get("data") or {})
     return {"model_cfg": mcfg, "run": run_dir.name, "method": rcfg["method"]["name"], "step": step,
             "domain": domain, "base_model_cfg": base, "run_dir": run_dir}
 

@@ -7,16 +7,20 @@
         --methods sft,sft_kl,flow,dft,talr,eaft --seeds 42 --suite table1 --gpus-per-node 8 \\
         --data-shards 64 --train-args "trainer=paper deepspeed=zero3 global_batch_size=64" \\
         --eval-args "backend=vllm vllm.tensor_parallel_size=8" --nodes qwen2.5-32b=2
+    python slurm/submit.py --experiments table1-sft,table1-eaft --gpus-per-node 8   # named paper runs
+    python slurm/submit.py --list-experiments  # the paper's named runs (configs/experiment/)
     python slurm/submit.py ... --dry-run      # print the sbatch commands, submit nothing
 
-Every stage forwards Hydra overrides to its entry point (the slurm/*.sbatch scripts); nothing here reads the
-training configs except each method's `precomputed` key, to know whether FLOW / Masked-SFT need the precompute
-job. Training uses `trainer=paper` unless --train-args names another trainer, and a GPU grid with a CPU trainer
-(`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted. Run names are set explicitly
-(`run_name=<model>-<data>-<method>-s<seed>`, the configs' own pattern), so the evaluation array knows where each
-training task writes. Site settings (partition, account, time limits, modules,
-container) come from slurm/site.local.sh, or the file in $EAFT_SITE (see slurm/site.example.sh). A manifest of
-every job (id, command, dependency) is written to <logs>/submit-<time>.json.
+A named experiment (configs/experiment/<name>.yaml) fixes model, method, data, the paper's trainer and its
+evaluation suite; --experiments groups its runs by data set and model into the same arrays as a grid.
+Every stage forwards Hydra overrides to its entry point (the slurm/*.sbatch scripts). Each run's name is the one
+configs/train.yaml composes (`run_name`), read here by composing the overrides its training task gets, so the
+evaluation array knows where each training task writes; a method's `precomputed` key says whether FLOW /
+Masked-SFT need the precompute job. Training uses `trainer=paper` unless --train-args names another trainer, and
+a GPU grid with a CPU trainer (`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted.
+Site settings (partition, account, time limits, modules, container) come from slurm/site.local.sh, or the file
+in $EAFT_SITE (see slurm/site.example.sh). A manifest of every job (id, command, dependency) is written to
+<logs>/submit-<time>.json.
 """
 
 from __future__ import annotations
@@ -187,14 +191,67 @@ def gpus(n: int) -> list[str]:
     return [f"--gpus-per-node={n}"] if n > 0 else []
 
 
+def compose_train(overrides: list[str]):
+    """configs/train.yaml composed with these overrides: what a training task with them will run."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        try:
+            return compose("train", overrides=overrides)
+        except HydraException as e:
+            raise SystemExit(f"training overrides {overrides} do not compose with configs/train.yaml: {e}") from e
+
+
+def experiments() -> dict[str, str]:
+    """{name: its one-line description} of every configs/experiment/*.yaml."""
+    out = {}
+    for p in sorted((REPO / "configs" / "experiment").glob("*.yaml")):
+        lines = [x for x in p.read_text().splitlines() if x.startswith("# ") and "@package" not in x]
+        out[p.stem] = lines[0].removeprefix("# ") if lines else ""
+    return out
+
+
+def planned_runs(args, train_common: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """{data: {model: [{method, task (its overrides), run, suite}]}}: the experiments named by --experiments, or
+    the --models x --methods x --seeds grid on --data. Names, data and suites come from the composed configs."""
+    if args.experiments:
+        known = experiments()
+        unknown = [e for e in args.experiments.split(",") if e not in known]
+        if unknown:
+            raise SystemExit(f"--experiments: no configs/experiment/{unknown[0]}.yaml (--list-experiments shows "
+                             f"the {len(known)} there)")
+        seeds = [[f"seed={int(s)}"] for s in args.seeds.split(",")] if args.seeds else [[]]  # default: its own
+        tasks = [[f"experiment={e}", *seed] for e in args.experiments.split(",") for seed in seeds]
+    else:
+        missing = [f"--{k}" for k in ("data", "models", "methods") if not getattr(args, k)]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} required (or --experiments)")
+        seeds = (args.seeds or "42").split(",")
+        tasks = [[f"model={m}", f"data={args.data}", f"method={me}", f"seed={int(s)}"]
+                 for m in args.models.split(",") for me in args.methods.split(",") for s in seeds]
+    plan: dict[str, dict[str, list[dict]]] = {}
+    for task in tasks:
+        cfg = compose_train([*task, *train_common])
+        suite = args.suite or cfg.get("suite")
+        plan.setdefault(cfg.data.name, {}).setdefault(cfg.model.name, []).append(
+            {"method": cfg.method.name, "task": task, "run": cfg.run_name, "suite": suite})
+    return plan
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", required=True, help="training data config name (configs/data/), also the domain "
-                                                 "built by the data step (configs/domain/)")
-    p.add_argument("--models", required=True, help="comma-separated configs/model/ names")
-    p.add_argument("--methods", required=True, help="comma-separated configs/method/ names")
-    p.add_argument("--seeds", default="42", help="comma-separated seeds (default 42)")
-    p.add_argument("--suite", default=None, help="evaluation suite (configs/suite/); none: no eval and no tables")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--experiments", default=None, help="comma-separated configs/experiment/ names (instead of "
+                                                       "--data/--models/--methods)")
+    p.add_argument("--list-experiments", action="store_true", help="print the named experiments and exit")
+    p.add_argument("--data", default=None, help="training data config name (configs/data/), also the domain "
+                                                "built by the data step (configs/domain/)")
+    p.add_argument("--models", default=None, help="comma-separated configs/model/ names")
+    p.add_argument("--methods", default=None, help="comma-separated configs/method/ names")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 42, or each experiment's own)")
+    p.add_argument("--suite", default=None, help="evaluation suite (configs/suite/); default: each experiment's "
+                                                 "own; none (grid): no eval and no tables")
     p.add_argument("--no-build-data", action="store_true", help="the training file already exists")
     p.add_argument("--data-shards", type=int, default=1, help="array size of the data step (teacher generation)")
     p.add_argument("--data-dir", default=None, help="build into / train from this folder instead of the "
@@ -216,65 +273,81 @@ def main(argv=None) -> dict:
     p.add_argument("--logs", default="logs")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
+    if args.list_experiments:
+        for name, what in experiments().items():
+            print(f"{name:<28} {what}")
+        return {"experiments": experiments()}
 
     env = site_env(Path(os.environ.get("EAFT_SITE", REPO / "slurm" / "site.local.sh")).resolve())
-    models, methods = args.models.split(","), args.methods.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
     g = args.gpus_per_node if args.gpus_per_node is not None else int(env.get("EAFT_GPUS_PER_NODE", 0) or 0)
-    nodes = per_model(args.nodes, models, 1)
-    model_args = per_model_args(args.model_args, models)
     res = {k: shlex.split(env.get(f"EAFT_{k.upper()}_SBATCH", "")) for k in ("data", "train", "eval", "cpu")}
     train_common, defaulted = with_trainer(shlex.split(args.train_args))
     train_common.append(f"out_dir={args.runs_dir}")
     if defaulted:
         print(f"[submit] no trainer= in --train-args: training uses trainer={DEFAULT_TRAINER} "
               f"(configs/trainer/{DEFAULT_TRAINER}.yaml)", file=sys.stderr)
-    masked = precompute_method(methods)
+    check_trainer(train_common, g, "--train-args")  # before composing anything with it
+    if args.methods and not args.experiments:  # named before the configs compose: a Masked-SFT q/k clash, and
+        precompute_method(args.methods.split(","))  # a data set with no build config
+        if args.data and not args.no_build_data:
+            data_needs_gpus(args.data, shlex.split(args.data_args))
+    plan = planned_runs(args, train_common)
+    models = sorted({m for by_model in plan.values() for m in by_model})
+    nodes = per_model(args.nodes, models, 1)
+    model_args = per_model_args(args.model_args, models)
+    masked = precompute_method(list(dict.fromkeys(r["method"] for by_model in plan.values()
+                                                  for rs in by_model.values() for r in rs)))
     for model in models:
         check_trainer([*train_common, *model_args[model]], g, f"--train-args/--model-args for {model}")
-    data_common = [f"data={args.data}"]
-    if args.data_dir:
-        data_common.append(f"data.train_file={Path(args.data_dir) / 'train.jsonl'}")
 
     s = Submitter(args, env)
     if not args.dry_run:
         s.logs.mkdir(parents=True, exist_ok=True)
-    ready = args.after.split(":") if args.after else []
-
-    if not args.no_build_data:
-        build = [f"domain={args.data}", *([f"out_dir={args.data_dir}"] if args.data_dir else []),
-                 *shlex.split(args.data_args)]
-        data_gpus = gpus(g) if data_needs_gpus(args.data, shlex.split(args.data_args)) else []
-        shards = s.sbatch(f"data-{args.data}", "data.sbatch", build, after=ready,
-                          array=args.data_shards, resources=[*data_gpus, *res["data"]])
-        final = s.sbatch(f"data-{args.data}-finalize", "data.sbatch",
-                         [*build, "stage=finalize", f"num_shards={args.data_shards}"], after=[shards],
-                         resources=res["cpu"])
-        ready = [final]
-
+    first = args.after.split(":") if args.after else []
     evals = []
-    for model in models:
-        train_after = list(ready)
-        if any(needs_precompute(m) for m in methods):
-            pre = s.sbatch(f"precompute-{model}", "precompute.sbatch",
-                           [f"model={model}", *data_common, *([f"method={masked}"] if masked else []),
-                            *train_common, *model_args[model]], after=ready,
-                           resources=[*gpus(min(g, 1)), *res["eval"]])
-            train_after.append(pre)
-        runs = [(m, seed, f"{model}-{args.data}-{m}-s{seed}") for m in methods for seed in seeds]
-        train = s.sbatch(f"train-{model}", "train.sbatch", [f"model={model}", *data_common, *train_common,
-                                                            *model_args[model]],
-                         after=train_after, tasks=[[f"method={m}", f"seed={seed}", f"run_name={run}"]
-                                                   for m, seed, run in runs],
-                         resources=[f"--nodes={nodes[model]}", *gpus(g), *res["train"]])
-        if args.suite:
-            eval_common = [f"suite={args.suite}", f"out_dir={args.metrics_dir}", *shlex.split(args.eval_args)]
-            evals.append(s.sbatch(f"eval-{model}", "eval.sbatch", eval_common, after=[train], kind="aftercorr",
-                                  tasks=[[f"model={Path(args.runs_dir) / run}"] for *_, run in runs],
-                                  resources=[*gpus(g), *res["eval"]]))
+    for data, by_model in plan.items():
+        ready = list(first)
+        data_common = [f"data={data}"]
+        if args.data_dir:
+            data_common.append(f"data.train_file={Path(args.data_dir) / 'train.jsonl'}")
+        if not args.no_build_data:
+            build = [f"domain={data}", *([f"out_dir={args.data_dir}"] if args.data_dir else []),
+                     *shlex.split(args.data_args)]
+            data_gpus = gpus(g) if data_needs_gpus(data, shlex.split(args.data_args)) else []
+            shards = s.sbatch(f"data-{data}", "data.sbatch", build, after=ready,
+                              array=args.data_shards, resources=[*data_gpus, *res["data"]])
+            final = s.sbatch(f"data-{data}-finalize", "data.sbatch",
+                             [*build, "stage=finalize", f"num_shards={args.data_shards}"], after=[shards],
+                             resources=res["cpu"])
+            ready = [final]
+        tag = "" if len(plan) == 1 else f"-{data}"  # one grid keeps its historical job names
+        for model, runs in by_model.items():
+            train_after = list(ready)
+            if any(needs_precompute(r["method"]) for r in runs):
+                pre = s.sbatch(f"precompute-{model}{tag}", "precompute.sbatch",
+                               [f"model={model}", *data_common, *([f"method={masked}"] if masked else []),
+                                *train_common, *model_args[model]], after=ready,
+                               resources=[*gpus(min(g, 1)), *res["eval"]])
+                train_after.append(pre)
+            train = s.sbatch(f"train-{model}{tag}", "train.sbatch", [*data_common, *train_common, *model_args[model]],
+                             after=train_after, tasks=[r["task"] for r in runs],
+                             resources=[f"--nodes={nodes[model]}", *gpus(g), *res["train"]])
+            suites = list(dict.fromkeys(r["suite"] for r in runs))
+            if None in suites and len(suites) > 1:
+                raise SystemExit(f"{model} on {data}: some runs have an evaluation suite and some none {suites}; "
+                                 "pass --suite")
+            if suites == [None]:
+                continue
+            eval_common = [f"out_dir={args.metrics_dir}", *shlex.split(args.eval_args)]
+            # aftercorr: evaluation task N starts when training task N ends; each run on its own suite
+            evals.append(s.sbatch(f"eval-{model}{tag}", "eval.sbatch", eval_common, after=[train], kind="aftercorr",
+                                  tasks=[[f"model={Path(args.runs_dir) / r['run']}", f"suite={r['suite']}"]
+                                         for r in runs], resources=[*gpus(g), *res["eval"]]))
             if not args.no_eval_base:
-                evals.append(s.sbatch(f"eval-{model}-base", "eval.sbatch", [f"model={model}", *eval_common],
-                                      after=ready if args.after else [], resources=[*gpus(g), *res["eval"]]))
+                for suite in suites:
+                    evals.append(s.sbatch(f"eval-{model}{tag}-base" + ("" if len(suites) == 1 else f"-{suite}"),
+                                          "eval.sbatch", [f"model={model}", f"suite={suite}", *eval_common],
+                                          after=ready if args.after else [], resources=[*gpus(g), *res["eval"]]))
     if evals:
         s.sbatch("tables", "tables.sbatch", [f"metrics_dir={args.metrics_dir}", f"runs_dir={args.runs_dir}",
                                              f"out_dir={args.tables_dir}", *shlex.split(args.tables_args)],

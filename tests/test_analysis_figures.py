@@ -16,6 +16,7 @@ from analysis.token_stats import write_token_stats
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "tests/fixtures/analysis/metrics"
+RUNS = REPO / "tests/fixtures/analysis/runs"
 
 
 def synthetic_tokens(n=600, seed=0, conflicts=0.1) -> pd.DataFrame:
@@ -170,16 +171,22 @@ def test_make_figures_from_files(tmp_path):
     meta = {"model": "m", "data": "d", "vocab_size": 50}
     write_token_stats(synthetic_tokens(), stats / "m-d.parquet", meta)
     write_token_stats(synthetic_tokens(seed=2, conflicts=0), stats / "m-d-rollouts.parquet", {**meta, "rollouts": True})
-    run = tmp_path / "runs" / "tiny-tiny-sft-s1"
-    run.mkdir(parents=True)
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0, "ce_high_entropy": 3 - s / 10,
-                                                             "ce_low_entropy": float("nan")}) for s in range(1, 6)))
-    out = figures.main(cfg_for(tmp_path, token_stats_dir=stats, runs_dirs=f"[{tmp_path / 'runs'}]", metrics_dir=FIX,
-                               formats="[png]"))  # PDF writing is tested per figure above
+    for method in ("sft", "dft"):  # Fig. 4 draws the paper's pair (fig4_methods: sft, eaft) only
+        run = tmp_path / "runs" / f"tiny-tiny-{method}-s1"
+        run.mkdir(parents=True)
+        (run / "run_info.json").write_text(json.dumps({"model": "tiny", "data": "tiny", "method": method, "seed": 1,
+                                                       "profile": "quick", "finished": True}))
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(
+            {"step": s, "loss": 1.0, "ce_high_entropy": 3 - s / 10, "ce_low_entropy": float("nan")})
+            for s in range(1, 6)))
+    assert list(figures.training_curves([tmp_path / "runs"])["tiny-tiny-quick"]) == ["sft"]
+    out = figures.main(cfg_for(tmp_path, token_stats_dir=stats, runs_dirs=f"[{tmp_path / 'runs'},{RUNS}]",
+                               metrics_dir=FIX, formats="[png]"))  # PDF writing is tested per figure above
     names = {Path(p).name for p in out["made"]}
+    # the profile is part of every name drawn from runs: profiles are never pooled
     for stem in ("fig1b_landscape_m-d", "fig3_gradient_m-d", "fig6_topk_m-d", "fig7_region_tokens_m-d",
-                 "fig4_entropy_groups_tiny-tiny", "fig2a_general_vs_step_qwen3-4b-math", "fig2b_gain_drop",
-                 "fig5_pareto_qwen3-4b-math"):
+                 "fig4_entropy_groups_tiny-tiny-quick", "fig2a_general_vs_step_qwen3-4b-math-paper",
+                 "fig2b_gain_drop", "fig5_pareto_qwen3-4b-math-paper"):
         assert f"{stem}.png" in names, stem
     assert out["missing"] == []
 

@@ -40,9 +40,12 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
     for run in ("demo-tiny-sft-s0", "demo-tiny-eaft-s0"):  # training logs kept beside the report, for Fig. 4
         log = (out / "runs" / run / "metrics.jsonl").read_text().splitlines()
         assert len(log) >= 2 and "ce_high_entropy" in log[0]
-        assert json.loads((out / "runs" / run / "run_info.json").read_text())["method"] == run.split("-")[2]
+        info = json.loads((out / "runs" / run / "run_info.json").read_text())
+        assert info["method"] == run.split("-")[2] and info["profile"] == "tiny"  # analysis groups by it
         # a finished run keeps its model, not its resume checkpoints (keep_checkpoints: false)
         assert (tmp_path / "runs" / run / "final").is_dir() and not list((tmp_path / "runs" / run).glob("checkpoint-*"))
+    base_info = json.loads((out / "runs" / "demo-tiny-base" / "run_info.json").read_text())
+    assert (base_info["method"], base_info["model"], base_info["profile"]) == ("base", "tiny", "tiny")
     for run in ("demo-tiny-base", "demo-tiny-sft-s0", "demo-tiny-eaft-s0"):
         names = {p.stem for p in (tmp_path / "metrics" / run).glob("*.json")}
         assert names == {"target_nll", "gsm8k_heldout", "arc_easy", "general_kl"}, (run, names)

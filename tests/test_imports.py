@@ -6,13 +6,8 @@ not, because there the module runs as `__main__` and a module importing it back 
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["common", "data_pipeline", "training", "evaluation", "analysis"]
-# Removed when the loss helper drops losses.py's PEP 562 __getattr__ (issue 14 item 1); strict, so it cannot stay
-# after the cycle is gone.
-KNOWN_CYCLES = {frozenset({"training.losses", "training.linear_losses"})}
 
 
 def module_name(path: Path) -> str:
@@ -122,11 +117,5 @@ def test_no_stage_imports_a_later_stage():
 
 def test_no_import_cycles():
     g = graph()
-    found = [c for c in cycles(g) if frozenset(c) not in KNOWN_CYCLES]
+    found = cycles(g)
     assert not found, "\n".join(f"cycle {c}: {describe(c, g)}" for c in found)
-
-
-@pytest.mark.xfail(strict=True, reason="training.losses <-> training.linear_losses: the loss helper's part of "
-                                       "issue 14 (losses.py's PEP 562 __getattr__); drop KNOWN_CYCLES then")
-def test_the_known_loss_cycle_is_gone():
-    assert not [c for c in cycles(graph()) if frozenset(c) in KNOWN_CYCLES]

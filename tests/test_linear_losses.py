@@ -1,11 +1,14 @@
 """The fused-linear losses (training/linear_losses.py) against the plain path LOSSES[name](hidden @ W.T, ...):
-value, both gradients and gate statistics for every covered method and several chunk sizes; the O(chunk x V)
-memory bound; the model hook (post-norm hidden states, no logits); training with fused_loss on and off.
+value, both gradients and gate statistics for every gate in GATES (cases generated from it, so a new method is
+covered without an edit here) and several chunk sizes; batch statistics by declaration (a toy gate that declares
+one, a toy gate that does not); the O(chunk x V) memory bound; the model hook (post-norm hidden states, no
+logits); training with fused_loss on and off.
 
     python -m pytest tests/test_linear_losses.py               (default tier, about a minute)
     python -m pytest tests/test_linear_losses.py -m distributed (DeepSpeed ZeRO-3 on the CPU, 2 processes)
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -17,31 +20,32 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from training import linear_losses
+from training import linear_losses, losses
 from training.linear_losses import LINEAR_LOSSES, UNSUPPORTED
-from training.losses import LOSSES, finalize_stats
+from training.losses import GATES, LOSSES, BatchStat, finalize_stats, needs
 
 REPO = Path(__file__).resolve().parents[1]
 B, T, D, V = 3, 11, 16, 60
 
-CASES = [
-    ("sft", {}),
-    ("eaft", {}),
+# Per-batch inputs a gate takes besides the logits (what the Objective's hook hands the loss), by keyword.
+INPUTS = {"sample_weights": lambda: torch.tensor([0.5, 1.0, 2.0])}
+
+
+def inputs_for(name: str) -> dict:
+    params = inspect.signature(GATES[name]).parameters
+    return {k: make() for k, make in INPUTS.items() if k in params}
+
+
+# Every gate is checked at its defaults (generated from GATES); these are hyper-parameters worth checking too.
+VARIANTS = [
     ("eaft", {"k": 5, "alpha": 2.0, "norm": 3.0}),
-    ("eaft_sig", {}),
     ("eaft_sig", {"a": 10.0, "b": 0.5, "k": 8, "norm": 3.0}),
-    ("dft", {}),
-    ("talr", {}),  # tau = batch median of CE: chunked prepass
-    ("talr", {"tau": 2.0}),
-    ("mile", {}),  # normalised to mean 1 over the batch: divided at the end
+    ("talr", {"tau": 2.0}),  # given: no first pass
     ("mile", {"gamma": 0.5}),
-    ("flow", {"sample_weights": torch.tensor([0.5, 1.0, 2.0])}),
-    ("masked_sft", {"mode": "entropy", "entropy_threshold": 1.5}),
+    ("masked_sft", {"mode": "entropy", "entropy_threshold": 1.5}),  # precomputed thresholds
     ("masked_sft", {"mode": "entropy_and_prob", "entropy_threshold": 1.5, "prob_threshold": 0.05}),
-    ("masked_sft", {"mode": "entropy", "q": 0.3}),  # batch quantile: chunked prepass
-    ("masked_sft", {"mode": "entropy_and_prob", "q": 0.3}),
+    ("masked_sft", {"mode": "entropy_and_prob", "q": 0.3}),  # both batch quantiles: first pass
 ]
-IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
 
 
 def random_inputs(dtype=torch.float32, ignore_frac=0.3, seed=0, b=B, t=T):
@@ -62,38 +66,112 @@ def both_paths(name, hp, hidden, weight, labels, chunk_size, num_items=None):
         w = weight.clone().requires_grad_(True)
         stats = {}
         if fused:
-            loss = LINEAR_LOSSES[name](h, w, labels, num_items, chunk_size=chunk_size, stats=stats, **hp)
+            loss = linear_losses.linear_weighted_ce(name, h, w, labels, num_items, chunk_size, stats, **hp)
         else:
-            loss = LOSSES[name](h @ w.T, labels, num_items, stats=stats, **hp)
+            loss = losses.weighted_ce(GATES[name], h @ w.T, labels, num_items, stats, **hp)
         loss.backward()
         out.append((loss, h.grad, w.grad, stats))
     return out
 
 
+def assert_paths_agree(name, hp, chunk_size, num_items=None):
+    hidden, weight, labels = random_inputs()
+    (lf, hf, wf, sf), (lp, hp_, wp, sp) = both_paths(name, hp, hidden, weight, labels, chunk_size, num_items)
+    assert lf.dtype == torch.float32 and lf.shape == ()
+    torch.testing.assert_close(lf, lp, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(hf, hp_, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wf, wp, rtol=1e-5, atol=1e-6)
+    assert sf.keys() == sp.keys()
+    for k in sp:
+        assert sf[k] == pytest.approx(sp[k], rel=1e-6, abs=1e-5), k
+    assert finalize_stats(sf)["gate_mean"] == pytest.approx(finalize_stats(sp)["gate_mean"], rel=1e-6)
+
+
 def test_every_method_but_sft_kl_is_covered():
-    assert set(LINEAR_LOSSES) == set(LOSSES) - {"sft_kl"}
+    assert set(LINEAR_LOSSES) == set(LOSSES) - {"sft_kl"} == set(GATES)
     assert set(UNSUPPORTED) == {"sft_kl"}
     with pytest.raises(KeyError, match="reference model"):
         linear_losses.linear_weighted_ce("sft_kl", *random_inputs())
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])  # one token, odd (a ragged last chunk), more than N
-@pytest.mark.parametrize("name,hp", CASES, ids=IDS)
+@pytest.mark.parametrize("num_items", [None, torch.tensor(23)], ids=["count", "num_items"])
+@pytest.mark.parametrize("name", GATES.keys())
+def test_every_gate_at_its_defaults_equals_the_plain_path(name, num_items, chunk_size):
+    """Value, both gradients and statistics; a method added to GATES is covered here without an edit."""
+    assert_paths_agree(name, inputs_for(name), chunk_size, num_items)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+@pytest.mark.parametrize("name,hp", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
 def test_value_gradients_and_stats_equal_the_plain_path(name, hp, chunk_size):
+    assert_paths_agree(name, {**inputs_for(name), **hp}, chunk_size, num_items=23)
+
+
+def test_the_linear_losses_are_linear_weighted_ce_of_each_gate():
     hidden, weight, labels = random_inputs()
-    (lf, hf, wf, sf), (lp, hp_, wp, sp) = both_paths(name, hp, hidden, weight, labels, chunk_size, num_items=23)
-    assert lf.dtype == torch.float32 and lf.shape == ()
-    torch.testing.assert_close(lf, lp, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(hf, hp_, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(wf, wp, rtol=1e-4, atol=1e-6)
-    assert sf.keys() == sp.keys()
-    for k in sp:
-        assert sf[k] == pytest.approx(sp[k], rel=1e-5, abs=1e-4), k
-    fin_f, fin_p = finalize_stats(sf), finalize_stats(sp)
-    assert fin_f["gate_mean"] == pytest.approx(fin_p["gate_mean"], rel=1e-5)
+    for name, fn in LINEAR_LOSSES.items():
+        hp = inputs_for(name)
+        assert fn(hidden, weight, labels, 23, 5, **hp).item() == linear_losses.linear_weighted_ce(
+            name, hidden, weight, labels, 23, 5, **hp).item(), name
 
 
-@pytest.mark.parametrize("name,hp", [CASES[0], CASES[1], CASES[8]], ids=["sft", "eaft", "mile"])
+# ---------------------------------------------------------------------------------------------------------
+# Batch statistics: computed by the gate's declaration, or refused.
+
+
+MEAN_CE = BatchStat("mean_ce", values=lambda tok, hp: tok.ce.detach(), reduce=lambda x, hp: x.mean())
+
+
+@needs(MEAN_CE)
+def toy_declared_gate(tok, mean_ce=None):
+    """CE relative to the batch's mean CE, declared: correct on the fused path with no other edit."""
+    ce = tok.ce.detach()
+    return ce / (mean_ce if mean_ce is not None else MEAN_CE.of(tok, {}))
+
+
+def toy_undeclared_gate(tok):
+    """The same weights, the batch mean not declared: per chunk it would silently be another loss."""
+    ce = tok.ce.detach()
+    return ce / ce.mean()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_a_new_gate_that_declares_its_batch_statistic_is_right_on_the_fused_path(monkeypatch, chunk_size):
+    monkeypatch.setitem(GATES, "toy", toy_declared_gate)
+    assert_paths_agree("toy", {}, chunk_size, num_items=23)
+
+
+def test_a_new_gate_with_an_undeclared_batch_statistic_fails_on_the_fused_path(monkeypatch):
+    monkeypatch.setitem(GATES, "toy", toy_undeclared_gate)
+    hidden, weight, labels = random_inputs()
+    assert torch.isfinite(losses.weighted_ce(toy_undeclared_gate, hidden @ weight.T, labels))  # whole batch: fine
+    with pytest.raises(ValueError, match="'toy' gate.*does not declare.*needs"):
+        linear_losses.linear_weighted_ce("toy", hidden, weight, labels, chunk_size=4)
+    # even when the whole batch fits in one chunk, so the failure does not depend on the batch size
+    with pytest.raises(ValueError, match="'toy' gate"):
+        linear_losses.linear_weighted_ce("toy", hidden, weight, labels, chunk_size=1000)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["computed", "passed-in"])
+@pytest.mark.parametrize("name", GATES.keys())
+def test_a_first_pass_runs_exactly_when_a_declared_statistic_is_missing(name, given):
+    """One forward matmul per chunk for the first pass, three per chunk for the main pass, none wasted."""
+    hidden, weight, labels = random_inputs()
+    hp = inputs_for(name)
+    if given:  # the declared statistics, computed over the whole batch and passed in (precomputed)
+        hp = losses.with_batch_stats(GATES[name], losses.supervised_tokens(hidden @ weight.T, labels), hp)
+    first_pass = bool(losses.missing_batch_stats(GATES[name], hp))
+    assert first_pass == (not given and bool(getattr(GATES[name], "batch_stats", ())))
+    n_chunks = -(-int((labels[:, 1:] != -100).sum()) // 4)
+    with _LargestTensor() as rec:
+        loss = LINEAR_LOSSES[name](hidden.requires_grad_(True), weight, labels, chunk_size=4, **hp)
+    assert rec.matmuls == n_chunks * (3 + first_pass)
+    plain = LOSSES[name](hidden @ weight.T, labels, **hp)
+    torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,hp", [("sft", {}), ("eaft", {}), ("mile", {})], ids=["sft", "eaft", "mile"])
 def test_default_denominator_is_the_supervised_token_count(name, hp):
     hidden, weight, labels = random_inputs()
     (lf, _, wf, _), (lp, _, wp, _) = both_paths(name, hp, hidden, weight, labels, chunk_size=5)
@@ -371,3 +449,15 @@ def test_bench_baselines_agree_and_the_script_writes_its_table(tmp_path):
     table = md.read_text()
     assert len(rows.read_text().splitlines()) == 2 * len(bench.DEFAULT_METHODS)
     assert f"| 48 | chunked_eaft | {linear_losses.DEFAULT_CHUNK_SIZE} |" in table and "python -m training.bench --tokens 24,48" in table
+
+
+def test_bench_help_explains_the_shape_and_method_options(capsys):
+    from training import bench
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "hidden size d of the head's input" in out and "vocabulary size V" in out
+    assert "comma-separated cases to time, from: " + ", ".join(bench.METHODS) in out
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "chunked_eaft,nonsense"])
+    assert "unknown --methods nonsense" in capsys.readouterr().err

@@ -1,14 +1,26 @@
-"""Every loss against a straightforward fp64 reference written here, plus the analytic cases.
+"""Every loss against a straightforward fp64 reference written here, plus the analytic cases, plus the shared
+per-token pieces (batch statistics by declaration, the closed-form gradient) for every gate in GATES.
 
 The references loop over tokens and use only torch.log_softmax / topk, independently of training/losses.py.
 """
 
+import inspect
 import math
 
 import pytest
 import torch
 
-from training.losses import GATES, LOSSES, get_loss, topk_entropy
+from training.losses import (
+    GATES,
+    LOSSES,
+    gated_ce,
+    gated_ce_grad_,
+    get_loss,
+    missing_batch_stats,
+    supervised_tokens,
+    topk_entropy,
+    with_batch_stats,
+)
 
 torch.manual_seed(0)
 B, T, V = 3, 7, 50
@@ -252,7 +264,6 @@ def test_num_items_in_batch_is_the_denominator():
 
 def test_eaft_divides_by_token_count_not_by_gate_sum():
     logits, labels = random_batch(torch.float32)
-    from training.losses import supervised_tokens
     tok = supervised_tokens(logits, labels)
     gate = GATES["eaft"](tok)
     expected = (gate * tok.ce).sum() / tok.ce.numel()
@@ -262,7 +273,6 @@ def test_eaft_divides_by_token_count_not_by_gate_sum():
 
 def test_masked_sft_per_batch_drops_the_lowest_entropy_fraction():
     logits, labels = random_batch(torch.float32, ignore_frac=0.0)
-    from training.losses import supervised_tokens
     tok = supervised_tokens(logits, labels)
     gate = GATES["masked_sft"](tok, mode="entropy", q=0.25)
     h = topk_entropy(tok.logits, 20)
@@ -306,3 +316,63 @@ def test_missing_per_batch_inputs_are_clear_errors():
         LOSSES["sft_kl"](logits, labels)
     with pytest.raises(ValueError, match="precompute"):
         LOSSES["flow"](logits, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared pieces, for every gate in GATES (generated: a new method is covered without an edit here).
+
+
+def gate_inputs(name, tok):
+    """The per-batch inputs a gate takes besides the tokens (FLOW's sample weights), by keyword."""
+    params = inspect.signature(GATES[name]).parameters
+    return {"sample_weights": torch.linspace(0.5, 2.0, B)} if "sample_weights" in params else {}
+
+
+@pytest.mark.parametrize("name", GATES.keys())
+def test_gated_ce_grad_is_the_autograd_gradient_of_gated_ce(name):
+    """The fused path's closed-form gradient and the plain path's loss cannot drift apart."""
+    logits, labels = random_batch(torch.float32)
+    x = logits.clone().requires_grad_(True)
+    tok = supervised_tokens(x, labels)
+    gate = GATES[name](tok, **with_batch_stats(GATES[name], tok, gate_inputs(name, tok)))
+    (auto,) = torch.autograd.grad(gated_ce(tok, gate).sum() / 17, tok.logits)
+    closed = gated_ce_grad_(tok.logp.detach().exp(), tok.targets, gate, 1 / 17)
+    torch.testing.assert_close(closed, auto, rtol=1e-5, atol=1e-7)
+    assert torch.count_nonzero(auto) > 0
+
+
+@pytest.mark.parametrize("name", GATES.keys())
+def test_a_gate_is_per_token_once_its_declared_statistics_are_given(name):
+    """What the fused path relies on: with the declared batch statistics passed in, a token's weight does not
+    depend on the other tokens. A gate reading an undeclared batch quantity fails here, and on the fused path."""
+    logits, labels = random_batch(torch.float32, ignore_frac=0.0)
+    tok = supervised_tokens(logits, labels)
+    hp = with_batch_stats(GATES[name], tok, gate_inputs(name, tok))
+    whole = GATES[name](tok, **hp)
+    if whole is None:
+        return
+    m = tok.ce.numel() // 3
+    parts = torch.cat([GATES[name](tok[:m], **hp), GATES[name](tok[m:], **hp)])
+    torch.testing.assert_close(parts, whole)
+
+
+@pytest.mark.parametrize("name", GATES.keys())
+def test_a_gate_alone_computes_its_declared_statistics_the_declared_way(name):
+    """Called directly on a whole batch without its statistics (as precompute's checks do), a gate gives the
+    weights `weighted_ce` gives it after filling them by the declaration."""
+    logits, labels = random_batch(torch.float32)
+    tok = supervised_tokens(logits, labels)
+    for hp in ({}, {"mode": "entropy_and_prob"} if name == "masked_sft" else {}):
+        hp = {**gate_inputs(name, tok), **hp}
+        alone, filled = GATES[name](tok, **hp), GATES[name](tok, **with_batch_stats(GATES[name], tok, hp))
+        assert (alone is None and filled is None) or torch.equal(alone, filled)
+
+
+def test_the_batch_statistic_gates_declare_what_they_read():
+    declared = {name: sorted(s.hparam for s in getattr(g, "batch_stats", ())) for name, g in GATES.items()}
+    assert declared == {"sft": [], "eaft": [], "eaft_sig": [], "dft": [], "flow": [], "talr": ["tau"],
+                        "mile": ["weight_mean"], "masked_sft": ["entropy_threshold", "prob_threshold"]}
+    # a statistic the caller passes (precomputed thresholds) is not computed again; prob only in the pilot mode
+    assert missing_batch_stats(GATES["masked_sft"], {"entropy_threshold": 1.0}) == []
+    assert [s.hparam for s in missing_batch_stats(GATES["masked_sft"], {"mode": "entropy_and_prob"})] == [
+        "entropy_threshold", "prob_threshold"]

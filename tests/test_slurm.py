@@ -145,7 +145,7 @@ def test_tiny_pipeline_runs_as_a_dependency_chain_of_arrays(cluster, tmp_path):
     assert json.loads((tmp_path / "metrics" / "tiny" / "gsm8k.json").read_text())["method"] == "base"
     ours = (tmp_path / "tables" / "ours.md").read_text()
     rows = [line for line in ours.splitlines() if line.startswith("| tiny |")]
-    assert {line.split("|")[3].strip() for line in rows} == {"base", "SFT", "EAFT"}
+    assert {line.split("|")[4].strip() for line in rows} == {"base", "SFT", "EAFT"}  # model | profile | domain | method
 
 
 def train_job(env, tmp_path, name: str, logs: Path) -> str:

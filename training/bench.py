@@ -9,7 +9,7 @@ Shape: Qwen3-4B's head, hidden d = 2560, vocabulary V = 151,936 (override with -
 starts from hidden (1, N, d) and the head weight (V, d), both requiring grad, with every next-token label
 supervised, and runs loss.backward():
     plain_ce        full logits, then CE as HF's ForCausalLMLoss does it (upcast to fp32, F.cross_entropy)
-    authors_eaft    EAFT as the authors' released code does it (PAPER.md sec. 1): full logits upcast to fp32,
+    authors_eaft    EAFT as the authors' released code does it (docs/paper.md, "Method"): full logits upcast to fp32,
                     per-token CE over every position, a masked copy of the supervised rows for the top-20 entropy
                     under no_grad, weight (H/3.0)^alpha, sum / num_items
     ours_eaft       LOSSES['eaft'] on the full logits (training/losses.py)
@@ -63,7 +63,7 @@ EAFT_HP = {"k": 20, "alpha": 1.0, "norm": 3.0}  # configs/method/eaft.yaml
 
 
 def authors_eaft(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None, alpha: float = 1.0):
-    """EAFT as the authors' released loss computes it (PAPER.md sec. 1, [C]); kept faithful on purpose, copies
+    """EAFT as the authors' released loss computes it (docs/paper.md, "Method"); kept faithful on purpose, copies
     included: this is the baseline the fused version is measured against."""
     logits = logits.float()  # the whole (B, T, V) upcast to fp32
     vocab = logits.size(-1)
@@ -272,19 +272,27 @@ def write_markdown(rows_path: Path, md_path: Path, device: str, hidden: int, voc
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", default=None, help="comma-separated token counts (default: by device)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated cases to time, from: {', '.join(METHODS)} (see the module docstring); "
+                        f"default: {','.join(DEFAULT_METHODS)}")
     p.add_argument("--repeats", type=int, default=None, help="default 2 on CPU, 5 on CUDA")
-    p.add_argument("--hidden", type=int, default=QWEN3_4B["hidden"])
-    p.add_argument("--vocab", type=int, default=QWEN3_4B["vocab"])
+    p.add_argument("--hidden", type=int, default=QWEN3_4B["hidden"],
+                   help=f"hidden size d of the head's input (default {QWEN3_4B['hidden']}, Qwen3-4B)")
+    p.add_argument("--vocab", type=int, default=QWEN3_4B["vocab"],
+                   help=f"vocabulary size V, the head's output (default {QWEN3_4B['vocab']}, Qwen3-4B)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--chunk-size", type=int, default=None, help=f"default {DEFAULT_CHUNK_SIZE}")
     p.add_argument("--chunk-sweep", default=None, nargs="?", const="64,128,256,512,1024,2048",
                    help="time chunked_eaft at these chunk sizes instead of the method comparison")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--results", default=str(OUT / "loss_kernels.jsonl"))
-    p.add_argument("--markdown", default=str(OUT / "loss_kernels.md"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--results", default=str(OUT / "loss_kernels.jsonl"), help="rows are appended here (jsonl)")
+    p.add_argument("--markdown", default=str(OUT / "loss_kernels.md"), help="the table rendered from the rows")
     p.add_argument("--render", action="store_true", help="only rewrite the markdown from the saved rows")
     args = p.parse_args(argv)
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        p.error(f"unknown --methods {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

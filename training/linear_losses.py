@@ -8,27 +8,28 @@ weight, chunk by chunk, without ever materialising the (tokens x vocabulary) log
     equals LOSSES[name](hidden @ lm_head_weight.T, labels, num_items_in_batch, stats=stats, **hparams) in value,
     in the gradients w.r.t. hidden and lm_head_weight, and in the gate statistics written to `stats`.
 
-How. Only the N supervised positions (shifted label != -100) go through the head. For each chunk of C of them:
-logits (C, V) = h_c @ W^T in the compute dtype (the weight's, or autocast's), upcast to fp32; log-softmax; the
-gate from the *same* gate function the plain path uses (`losses.GATES`, handed a `Tokens` of the chunk); then the
-gradient of sum_t w_t CE_t / N w.r.t. the logits, (softmax - onehot) * w_t / N, written over the logits buffer,
-and grad_h_c = G @ W, grad_W += G^T @ h_c (fp32 accumulator). The autograd Function returns these saved
-gradients in its backward (scaled by the incoming gradient), so nothing of size N x V is ever kept: the extra peak
-memory is about two fp32 (C, V) buffers plus the fp32 (V, d) weight-gradient accumulator, whatever N is.
-Gates are detached, exactly as in `losses.weighted_ce`, so d loss / d logits = w_t * d CE_t / d logits.
-Under torch.no_grad (evaluation) only the loss and statistics are computed: one matmul per chunk instead of three.
-
-Coverage, by what the gate needs:
-    token  (sft, eaft, eaft_sig, dft, flow, masked_sft with given thresholds): the chunk's own tokens: one pass.
-    mean   (mile): w / mean(w) over the batch. Loss, gradients and gate sums are linear in w, so one pass with the
-           unnormalised weight (`losses.mile_weight`) and a division by the batch mean at the end is exact.
-    prepass (talr without tau: the batch median of CE; masked_sft without thresholds: the batch q-quantiles of
-           H_topk and p): a forward-only chunked pass collects the N per-token values first (N floats), and the
-           statistic goes to the gate as the hparam it already accepts (tau, entropy_threshold, prob_threshold).
-           Costs one more (N x d x V) matmul: about 4/3 of the single-pass time.
-    not covered: sft_kl. Its KL term needs the frozen reference model's full logits (B, T, V): a fused version
-           would have to take the reference hidden states and head too. Training with it and fused_loss=true is
-           an error (see `training.objective`).
+How. Everything per token is `training.losses`' own pipeline; this file only adds the chunking. Only the N
+supervised positions (`losses.supervised_positions`) go through the head.
+    First pass, only when the gate declares batch statistics it was not given (`losses.needs`: TALR's median CE,
+    Masked SFT's batch quantiles, MiLe's mean weight): forward-only, chunk by chunk, it collects each statistic's
+    per-token values (N floats) and reduces them, exactly as `losses.with_batch_stats` does over the whole batch.
+    Main pass, for each chunk of C tokens: logits (C, V) = h_c @ W^T in the compute dtype (the weight's, or
+    autocast's); `losses.tokens_from_logits`; the gate (`losses.GATES`, with the statistics); `losses.gated_ce`
+    summed and divided by `losses.denominator`; its gradient w.r.t. the logits by `losses.gated_ce_grad_` (the
+    closed form, written over the logits' buffer), then grad_h_c = G @ W and grad_W += G^T @ h_c (fp32
+    accumulator). The autograd Function returns these saved gradients in its backward (scaled by the incoming
+    gradient), so nothing of size N x V is ever kept: the extra peak memory is about two fp32 (C, V) buffers
+    plus the fp32 (V, d) weight-gradient accumulator, whatever N is. Autograd per chunk was measured and
+    rejected: it keeps three more (C, V) buffers (1 GB more at the Qwen3-4B head, more than plain CE at N = 1,024).
+    Under torch.no_grad (evaluation) only the loss and statistics are computed: one matmul per chunk, not three.
+    Guard: a gate whose weights depend on other tokens through something it does not declare would silently be
+    computed per chunk. On the first chunk, the gate is also run on each half alone; different weights are an
+    error that names the gate.
+    Cost: the first pass is one more (N x d x V) matmul, about 4/3 of the single-pass time (talr, mile and
+    masked_sft without precomputed thresholds).
+    Not covered: sft_kl. Its KL term needs the frozen reference model's full logits (B, T, V): a fused version
+    would have to take the reference hidden states and head too. Training with it and fused_loss=true is an error
+    (see `training.objective`).
 
 Chunk size. DEFAULT_CHUNK_SIZE = 512 tokens, from `python -m training.bench --chunk-sweep` at the Qwen3-4B head
 (d 2560, V 151,936, fp32, 2 CPU threads; results/bench/loss_kernels.md). Process CPU time at N = 2,048 relative
@@ -47,14 +48,23 @@ Try it:  python -c "import torch; from training.linear_losses import LINEAR_LOSS
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
-from training.losses import GATES, IGNORE_INDEX, Tokens, _quantile, mile_weight, token_sums, topk_entropy
+from training.losses import (
+    GATES,
+    Tokens,
+    denominator,
+    gate_hparams,
+    gated_ce,
+    gated_ce_grad_,
+    missing_batch_stats,
+    supervised_positions,
+    token_sums,
+    tokens_from_logits,
+)
 
 DEFAULT_CHUNK_SIZE = 512
 # Low-precision weight gradients are added to the fp32 accumulator in vocabulary blocks of this many rows, so the
@@ -68,12 +78,6 @@ UNSUPPORTED = {
 }
 
 
-def _defaults(fn: Callable) -> dict:
-    """The keyword defaults of a gate function, so the prepass reads k, q, mode where the gate defines them."""
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # One chunk.
 
@@ -84,18 +88,6 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return weight.dtype
-
-
-def _chunk_tokens(hc: torch.Tensor, w_cd: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> Tokens:
-    """The chunk's supervised tokens, computed exactly as `losses.supervised_tokens` would from the logits.
-
-    hc (c, d) in the compute dtype, w_cd (V, d) likewise -> logits (c, V) fp32 and logp (c, V) fp32."""
-    logits = hc @ w_cd.t()  # (c, V) in the compute dtype, rounded there as lm_head's output would be
-    if logits.dtype != torch.float32:
-        logits = logits.float()
-    logp = F.log_softmax(logits, dim=-1)
-    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return Tokens(logits=logits, targets=targets, rows=rows, logp=logp, ce=ce)
 
 
 def _accumulate_grad_weight(grad_w: torch.Tensor, grad_logits: torch.Tensor, hc: torch.Tensor, first: bool) -> None:
@@ -116,23 +108,58 @@ def _accumulate_grad_weight(grad_w: torch.Tensor, grad_logits: torch.Tensor, hc:
             grad_w[v0:v0 + VOCAB_BLOCK].add_(block)
 
 
+@torch.no_grad()
+def _check_per_token(name: str, gate_fn: Callable, tok: Tokens, gate: torch.Tensor | None, hparams: dict) -> None:
+    """Refuse a gate whose weights depend on other tokens in a way it does not declare: gated per chunk, it would
+    silently differ from the plain path. Its weights on a chunk must equal its weights on each half alone."""
+    n = tok.ce.numel()
+    if gate is None or n < 2:
+        return
+    halves = torch.cat([gate_fn(tok[:n // 2], **hparams), gate_fn(tok[n // 2:], **hparams)])
+    if not torch.allclose(halves.float(), gate.float(), rtol=1e-4, atol=1e-6):
+        raise ValueError(
+            f"the {name!r} gate weighs a token by other tokens of the batch through something it does not declare, "
+            "so the fused loss would compute it per chunk: declare that batch statistic on the gate with "
+            "training.losses.needs(BatchStat(...)) (as talr_gate does), or train with fused_loss=false")
+
+
 def _add_sums(total: dict, part: dict) -> None:
     for k, v in part.items():
         total[k] = total.get(k, 0.0) + v
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The chunked pass: loss and both gradients at once.
+# The two passes.
 
 
 @torch.no_grad()
-def _fused_pass(h: torch.Tensor, weight: torch.Tensor, *, targets: torch.Tensor, rows: torch.Tensor,
-                gate_fn: Callable, hparams: dict, scale, chunk: int, mean_normalised: bool,
-                sums: dict | None, with_grad: bool = True) -> tuple:
-    """h (N, d), weight (V, d) -> (loss, grad_h (N, d), grad_w (V, d)). `scale` = 1 / N (float or 0-dim).
+def _with_batch_stats(gate_fn: Callable, hparams: dict, h: torch.Tensor, weight: torch.Tensor,
+                      targets: torch.Tensor, rows: torch.Tensor, chunk: int) -> dict:
+    """`losses.with_batch_stats` over all N tokens, chunk by chunk: the declared statistics the caller did not pass."""
+    missing = missing_batch_stats(gate_fn, hparams)
+    if not missing or h.shape[0] == 0:
+        return hparams
+    hp = gate_hparams(gate_fn, hparams)
+    values = {s.hparam: [] for s in missing}
+    cd = _compute_dtype(h, weight)
+    with torch.autocast(h.device.type, enabled=False):
+        w_cd = weight.to(cd)
+        for s0 in range(0, h.shape[0], chunk):
+            tok = tokens_from_logits(h[s0:s0 + chunk].to(cd) @ w_cd.t(), targets[s0:s0 + chunk], rows[s0:s0 + chunk])
+            for s in missing:
+                values[s.hparam].append(s.values(tok, hp))
+            del tok
+    return {**hparams, **{s.hparam: s.reduce(torch.cat(values[s.hparam]), hp) for s in missing}}
+
+
+@torch.no_grad()
+def _fused_pass(h: torch.Tensor, weight: torch.Tensor, *, name: str, targets: torch.Tensor, rows: torch.Tensor,
+                hparams: dict, denom, chunk: int, sums: dict | None, with_grad: bool = True) -> tuple:
+    """h (N, d), weight (V, d) -> (loss, grad_h (N, d), grad_w (V, d)); `hparams` hold the batch statistics.
 
     with_grad=False (evaluation, no_grad): loss and statistics only, grads None, a third of the matmuls."""
     n, d = h.shape
+    gate_fn = GATES[name]
     cd = _compute_dtype(h, weight)
     grad_h = grad_w = None
     with torch.autocast(h.device.type, enabled=False):
@@ -142,44 +169,28 @@ def _fused_pass(h: torch.Tensor, weight: torch.Tensor, *, targets: torch.Tensor,
             # Written by the first chunk; zeros only when there is no chunk (an all-ignored batch).
             grad_w = (torch.zeros if n == 0 else torch.empty)(weight.shape, dtype=torch.float32, device=h.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        gate_total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, n, chunk):
             hc = h[s:s + chunk].to(cd)  # (c, d)
-            t = targets[s:s + chunk]
-            tok = _chunk_tokens(hc, w_cd, t, rows[s:s + chunk])
+            # (c, V): rounded to the compute dtype as lm_head's output is, then upcast
+            tok = tokens_from_logits(hc @ w_cd.t(), targets[s:s + chunk], rows[s:s + chunk])
             gate = gate_fn(tok, **hparams)  # (c,) detached, or None for plain CE
-            w = torch.ones_like(tok.ce) if gate is None else gate.detach().float()
-            total += (w * tok.ce).sum()
-            gate_total += w.sum()
+            if s == 0:
+                _check_per_token(name, gate_fn, tok, gate, hparams)
+            total += gated_ce(tok, gate).sum()
             # The raw logits are not needed any more: their buffer becomes the softmax, then the gradient.
             probs = torch.exp(tok.logp, out=tok.logits)  # (c, V)
             if sums is not None:
                 # Full-vocabulary entropy as a batched dot product: no third (c, V) temporary.
                 entropy = -torch.bmm(probs.unsqueeze(1), tok.logp.unsqueeze(2)).view(-1)
                 _add_sums(sums, token_sums(tok, gate, entropy))
-            del tok, gate
-            if not with_grad:
-                continue
-            # d loss / d logits = w_t / N * (softmax - onehot(y_t)), in place
-            coef = w * scale  # (c,)
-            probs.mul_(coef.unsqueeze(1))
-            probs[torch.arange(t.numel(), device=t.device), t] -= coef
-            grad_logits = probs if cd == torch.float32 else probs.to(cd)
-            del probs
-            grad_h[s:s + chunk] = grad_logits @ w_cd  # (c, d)
-            _accumulate_grad_weight(grad_w, grad_logits, hc, first=s == 0)
-            del grad_logits
-        loss = total * scale
-        if mean_normalised and n:
-            # gate = w / mean(w): loss, gradients and gate sums are linear in the gate
-            inv_mean = n / gate_total
-            loss = loss * inv_mean
             if with_grad:
-                grad_h.mul_(inv_mean.to(grad_h.dtype))
-                grad_w.mul_(inv_mean)
-            if sums is not None:
-                for k in ("gate_sum", "conflict_gate_sum"):
-                    sums[k] = sums[k] * inv_mean
+                grad_logits = gated_ce_grad_(probs, tok.targets, gate, 1.0 / denom)  # (c, V), over probs
+                del tok, gate, probs
+                grad_logits = grad_logits if cd == torch.float32 else grad_logits.to(cd)
+                grad_h[s:s + chunk] = grad_logits @ w_cd  # (c, d)
+                _accumulate_grad_weight(grad_w, grad_logits, hc, first=s == 0)
+                del grad_logits
+    loss = total / denom if n else total
     return loss, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
 
 
@@ -203,40 +214,6 @@ class _FusedGatedCE(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Batch statistics that some gates need before any chunk can be weighted.
-
-
-@torch.no_grad()
-def _prepass_hparams(name: str, hparams: dict, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                     rows: torch.Tensor, chunk: int) -> dict:
-    """talr's tau and masked_sft's thresholds, computed over the whole batch chunk by chunk, when not given."""
-    hp = {**_defaults(GATES[name]), **hparams}
-    need_tau = name == "talr" and hp.get("tau") is None
-    need_h = name == "masked_sft" and hp.get("entropy_threshold") is None
-    need_p = name == "masked_sft" and hp.get("mode") == "entropy_and_prob" and hp.get("prob_threshold") is None
-    if not (need_tau or need_h or need_p) or h.shape[0] == 0:
-        return hparams
-    cd = _compute_dtype(h, weight)
-    ces, ents = [], []
-    with torch.autocast(h.device.type, enabled=False):
-        w_cd = weight.to(cd)
-        for s in range(0, h.shape[0], chunk):
-            tok = _chunk_tokens(h[s:s + chunk].to(cd), w_cd, targets[s:s + chunk], rows[s:s + chunk])
-            ces.append(tok.ce)
-            if need_h:
-                ents.append(topk_entropy(tok.logits, hp["k"]))
-            del tok
-    out = dict(hparams)
-    if need_tau:
-        out["tau"] = torch.cat(ces).median().item()  # the same median talr_gate takes over the batch
-    if need_h:
-        out["entropy_threshold"] = _quantile(torch.cat(ents), hp["q"]).item()
-    if need_p:
-        out["prob_threshold"] = _quantile(torch.exp(-torch.cat(ces)), hp["q"]).item()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The losses.
 
 
@@ -253,26 +230,15 @@ def linear_weighted_ce(name: str, hidden: torch.Tensor, lm_head_weight: torch.Te
     chunk = int(chunk_size or DEFAULT_CHUNK_SIZE)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    # Shift and keep the supervised positions before the head: only N x d values go through it.
-    shift_labels = labels[:, 1:].to(hidden.device)
-    mask = shift_labels != IGNORE_INDEX  # (B, T-1)
-    rows = torch.arange(labels.shape[0], device=hidden.device).unsqueeze(1).expand_as(mask)[mask]
+    # Keep the supervised positions before the head: only N x d values go through it.
+    mask, targets, rows = supervised_positions(labels, hidden.device)
     h = hidden[:, :-1][mask]  # (N, d); its backward scatters grad_h back into (B, T, d)
-    targets = shift_labels[mask]
     n = targets.numel()
-
-    denom = num_items_in_batch if num_items_in_batch is not None else n
-    if torch.is_tensor(denom):
-        denom = denom.to(hidden.device, torch.float32)
-    # An empty batch gives 0 with zero gradients (a live graph, no NaN), as losses.reduce_loss does.
-    scale = 0.0 if n == 0 else 1.0 / denom
-
-    mean_normalised = name == "mile"
-    gate_fn = mile_weight if mean_normalised else GATES[name]
-    hparams = _prepass_hparams(name, hparams, h.detach(), lm_head_weight.detach(), targets, rows, chunk)
+    hparams = _with_batch_stats(GATES[name], hparams, h.detach(), lm_head_weight.detach(), targets, rows, chunk)
     sums = {} if stats is not None else None
-    run = partial(_fused_pass, targets=targets, rows=rows, gate_fn=gate_fn, hparams=hparams, scale=scale,
-                  chunk=chunk, mean_normalised=mean_normalised, sums=sums)
+    run = partial(_fused_pass, name=name, targets=targets, rows=rows, hparams=hparams,
+                  denom=denominator(num_items_in_batch, n, hidden.device), chunk=chunk, sums=sums)
+    # An empty batch runs no chunk: 0 with zero gradients (a live graph, no NaN), as losses.reduce_loss gives.
     if torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad):
         loss = _FusedGatedCE.apply(h, lm_head_weight, run)
     else:  # evaluation: nothing will call backward, so compute no gradient

@@ -1,26 +1,42 @@
-"""Every training objective of the paper, as small pure functions over per-token tensors.
+"""Every training objective of the paper, as small pure functions over per-token tensors. Depends on torch alone.
 
 Each method is a *gate*: a per-token weight w_t that multiplies the token's cross-entropy,
 
     L = sum_t w_t * CE_t / N            (N = num_items_in_batch, else the supervised-token count)
 
-and one shared path (`weighted_ce`) does the rest: shift, drop ignored labels (-100), upcast to fp32, reduce.
-Gates are computed without gradient unless a method says otherwise, so d L / d logits = w_t * d CE_t / d logits.
+and one shared per-token pipeline does the rest, for the plain path here (`weighted_ce`, from the logits) and the
+fused chunked path (training/linear_losses.py, from the hidden states and the head weight) alike:
 
-    LOSSES[name](logits, labels, num_items_in_batch=None, **hparams) -> scalar tensor
-        logits (B, T, V), labels (B, T): HF-style, unshifted.
+    supervised_positions   shift (position t predicts label t+1), drop ignored labels (-100)
+    tokens_from_logits     upcast to fp32, log-softmax, per-token CE                  -> Tokens
+    with_batch_stats       the batch statistics the gate declares (`needs`), unless passed in
+    gate_fn(tok, **hp)     the method: (N,) weights, detached, or None for plain CE
+    gated_ce               w_t * CE_t, the only place the gate meets the loss (`gated_ce_grad_`: its gradient)
+    denominator            num_items_in_batch, else N
+    token_sums             the logged gate statistics, as sums
 
-Paper map (arXiv 2601.02151):
-    eaft        Eq. 5-6  w = (H_topk / norm) ** alpha, K = 20; the authors' code divides by 3.0 (~ ln 20)
-    eaft_sig    Sec. 5.1 w = sigmoid(a * (H~ - b)), a = 30, b = 0.17
-    masked_sft  Eq. 4 (mode="entropy") and Sec. 3.2's pilot (mode="entropy_and_prob"), hard 0/1 gate
-    dft, talr, mile, sft_kl, flow: the Table 1 / ablation baselines (definitions in each function)
+Gates are detached, so d L / d logits = w_t * d CE_t / d logits.
 
-Pass a dict as `stats=` to any loss to receive detached gate statistics for logging (see `token_stats`).
+    LOSSES[name](logits, labels, num_items_in_batch=None, stats=None, **hparams) -> scalar fp32 tensor
+        logits (B, T, V), labels (B, T): HF-style, unshifted. `stats`, a dict, receives `token_stats` sums.
 
-`LINEAR_LOSSES[name](hidden, lm_head_weight, labels, ...)`: the same losses from the hidden states and the head
-weight, chunked, never materialising the (B, T, V) logits; defined in training/linear_losses.py, which reuses the
-gates below (every method but sft_kl).
+Paper map (arXiv 2601.02151; docs/paper.md "Method" and "Baselines"):
+    Eq. 5-6    EAFT: w = (H_topK / norm) ** alpha, K = 20                 eaft_gate, normalised_topk_entropy
+               (norm = ln K; the authors' code divides by 3.0; alpha = 2, 3 are EAFT^2, EAFT^3 of Sec. 5.1)
+    Sec. 5.1   EAFT_sig: w = sigmoid(a * (H~ - b)), a = 30, b = 0.17       eaft_sig_gate
+    Eq. 4      Masked SFT: w = 1[H_topK > tau_q]                           masked_sft_gate(mode="entropy")
+    Sec. 3.2   pilot mask: drop H_topK <= tau_q AND p <= pi_q              masked_sft_gate(mode="entropy_and_prob")
+    Sec. 3     confident conflict: low entropy and low p                   CONFLICT_MAX_*, token_sums
+    Fig. 6     top-K entropy against the full entropy                      topk_entropy, full_entropy
+    Table 1    baselines SFT, DFT, TALR, MiLe, FLOW, SFT-KL               sft_gate, dft_gate, talr_gate, mile_gate,
+               (definitions from their own papers: docs/paper.md "Baselines")   flow_gate, sft_kl_loss
+    code       sum_t w_t CE_t / N, N over the whole GA window, gate detached   denominator, gated_ce
+               (the authors' released loss, not stated in the paper text)
+
+Adding a method: write a gate `(Tokens, **hparams) -> (N,) weights`, add it to GATES and write
+configs/method/<name>.yaml; the parity tests pick it up from GATES. If it reads anything computed over the whole
+batch (a median, a quantile, a mean), declare it with `@needs(BatchStat(...))` (see talr_gate), or the fused path
+refuses it (it would otherwise compute it per chunk).
 
 Try it:  python -c "import torch; from training.losses import LOSSES; \
           print(LOSSES['eaft'](torch.randn(2, 5, 50), torch.randint(0, 50, (2, 5))))"
@@ -28,6 +44,7 @@ Try it:  python -c "import torch; from training.losses import LOSSES; \
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,9 +62,13 @@ HIGH_ENTROPY_MIN = 2.0
 LOW_ENTROPY_MAX = 0.5
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The per-token pipeline, shared by the plain and the fused path.
+
+
 @dataclass
 class Tokens:
-    """The supervised tokens of a batch, flattened. N = number of supervised tokens."""
+    """The supervised tokens of a batch (or of one chunk of them), flattened. N = number of tokens."""
 
     logits: torch.Tensor  # (N, V) fp32, next-token logits at supervised positions; carries the graph
     targets: torch.Tensor  # (N,) label ids
@@ -60,32 +81,120 @@ class Tokens:
         """(N,) probability of the label, detached."""
         return torch.exp(-self.ce.detach())
 
+    def __getitem__(self, index) -> Tokens:
+        """A subset of the tokens (a slice or an index tensor)."""
+        return Tokens(self.logits[index], self.targets[index], self.rows[index], self.logp[index], self.ce[index])
+
+
+def supervised_positions(labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """labels (B, T) -> mask (B, T-1) of the positions t whose label t+1 is supervised, targets (N,), rows (N,)."""
+    shift_labels = labels[:, 1:].to(device)
+    mask = shift_labels != IGNORE_INDEX
+    rows = torch.arange(labels.shape[0], device=device).unsqueeze(1).expand_as(mask)[mask]
+    return mask, shift_labels[mask], rows
+
+
+def tokens_from_logits(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> Tokens:
+    """logits (N, V) at supervised positions, any float dtype -> Tokens, in fp32."""
+    logits = logits.float()
+    logp = F.log_softmax(logits, dim=-1)
+    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return Tokens(logits=logits, targets=targets, rows=rows, logp=logp, ce=ce)
+
 
 def supervised_tokens(logits: torch.Tensor, labels: torch.Tensor) -> Tokens:
-    """Shift (position t predicts label t+1), keep supervised positions, upcast to fp32."""
+    """logits (B, T, V), labels (B, T) -> the supervised next-token predictions, in fp32."""
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and "
                          f"{tuple(labels.shape)}")
-    shift_logits = logits[:, :-1, :]
-    shift_labels = labels[:, 1:].to(logits.device)
-    mask = shift_labels != IGNORE_INDEX  # (B, T-1)
-    rows = torch.arange(labels.shape[0], device=logits.device).unsqueeze(1).expand_as(mask)[mask]
+    mask, targets, rows = supervised_positions(labels, logits.device)
     # Select before upcasting: only N x V fp32 values are ever made, never B x T x V.
-    sel = shift_logits[mask].float()  # (N, V)
-    targets = shift_labels[mask]
-    logp = F.log_softmax(sel, dim=-1)
-    ce = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return Tokens(logits=sel, targets=targets, rows=rows, logp=logp, ce=ce)
+    return tokens_from_logits(logits[:, :-1, :][mask], targets, rows)
+
+
+def gated_ce(tok: Tokens, gate: torch.Tensor | None) -> torch.Tensor:
+    """(N,) per-token loss w_t * CE_t, the gate detached (None: plain CE): the only place the gate meets the loss."""
+    return tok.ce if gate is None else gate.detach() * tok.ce
+
+
+@torch.no_grad()
+def gated_ce_grad_(probs: torch.Tensor, targets: torch.Tensor, gate: torch.Tensor | None, scale) -> torch.Tensor:
+    """The gradient of scale * sum_t gated_ce_t w.r.t. the logits, scale * w_t * (softmax_t - onehot(y_t)), written
+    over `probs` (N, V), the softmax. Closed form, for the fused path, which cannot keep an autograd graph of
+    (N, V); tests check it against autograd of `gated_ce` for every gate, so the two cannot drift apart."""
+    coef = scale * (torch.ones_like(targets, dtype=probs.dtype) if gate is None else gate.detach().to(probs.dtype))
+    probs.mul_(coef.unsqueeze(1))
+    probs[torch.arange(targets.numel(), device=targets.device), targets] -= coef
+    return probs
+
+
+def denominator(num_items_in_batch, n_tokens: int, device):
+    """The N that the summed token losses are divided by: num_items_in_batch, else this batch's token count."""
+    denom = num_items_in_batch if num_items_in_batch is not None else n_tokens
+    return denom.to(device, torch.float32) if torch.is_tensor(denom) else denom
 
 
 def reduce_loss(token_losses: torch.Tensor, logits: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
     """sum(token_losses) / N. An empty batch gives 0 that still reaches the logits (no NaN, no dead graph)."""
     if token_losses.numel() == 0:
         return logits.sum() * 0.0
-    denom = num_items_in_batch if num_items_in_batch is not None else token_losses.numel()
-    if torch.is_tensor(denom):
-        denom = denom.to(token_losses.device, torch.float32)
-    return token_losses.sum() / denom
+    return token_losses.sum() / denominator(num_items_in_batch, token_losses.numel(), token_losses.device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batch statistics: what a gate needs from all the batch's tokens before it can weight any one of them.
+
+
+@dataclass(frozen=True)
+class BatchStat:
+    """A number over ALL the supervised tokens of a batch that a gate reads (a median, a quantile, a mean).
+
+    It reaches the gate as the keyword `hparam`; a caller that passes that keyword (e.g. thresholds precomputed
+    over the data set) skips it. Computed one way on both paths: `values` per token, then `reduce` over all N of
+    them. The fused path gathers the values chunk by chunk in a first pass (N floats, never the (N, V) logits).
+    `hp` is the gate's keyword defaults updated with the caller's hyper-parameters."""
+
+    hparam: str
+    values: Callable[[Tokens, dict], torch.Tensor]  # (Tokens, hp) -> (N,), detached
+    reduce: Callable[[torch.Tensor, dict], torch.Tensor]  # ((N,) values of the whole batch, hp) -> 0-dim
+    used: Callable[[dict], bool] = lambda hp: True  # whether these hyper-parameters read it at all
+
+    def of(self, tok: Tokens, hp: dict) -> torch.Tensor:
+        return self.reduce(self.values(tok, hp), hp)
+
+
+def needs(*stats: BatchStat) -> Callable:
+    """Declare the batch statistics a gate reads. The fused path computes exactly these in its first pass and
+    refuses a gate whose weights depend on other tokens in any undeclared way."""
+    def declare(gate_fn: Callable) -> Callable:
+        gate_fn.batch_stats = stats
+        return gate_fn
+    return declare
+
+
+def gate_hparams(gate_fn: Callable, hparams: dict) -> dict:
+    """The gate's keyword defaults, updated with `hparams`: what the gate will run with."""
+    defaults = {k: p.default for k, p in inspect.signature(gate_fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **hparams}
+
+
+def missing_batch_stats(gate_fn: Callable, hparams: dict) -> list[BatchStat]:
+    """The declared statistics these hyper-parameters use and the caller did not pass."""
+    hp = gate_hparams(gate_fn, hparams)
+    return [s for s in getattr(gate_fn, "batch_stats", ()) if s.used(hp) and hp.get(s.hparam) is None]
+
+
+def with_batch_stats(gate_fn: Callable, tok: Tokens, hparams: dict) -> dict:
+    """`hparams` plus every missing declared statistic, computed over `tok` (the whole batch)."""
+    hp = gate_hparams(gate_fn, hparams)
+    return {**hparams, **{s.hparam: s.of(tok, hp) for s in missing_batch_stats(gate_fn, hparams)}}
+
+
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """The lower empirical q-quantile. torch.quantile refuses more than 2**24 elements; kthvalue has no limit."""
+    idx = max(1, min(x.numel(), math.ceil(q * x.numel())))
+    return x.kthvalue(idx).values
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -130,12 +239,13 @@ def eaft_sig_gate(tok: Tokens, k: int = 20, a: float = 30.0, b: float = 0.17,
     return torch.sigmoid(a * (normalised_topk_entropy(tok, k, norm) - b))
 
 
-def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
-    # torch.quantile refuses more than 2**24 elements; kthvalue has no such limit.
-    idx = max(1, min(x.numel(), math.ceil(q * x.numel())))
-    return x.kthvalue(idx).values
+ENTROPY_QUANTILE = BatchStat("entropy_threshold", values=lambda tok, hp: topk_entropy(tok.logits, hp["k"]),
+                             reduce=lambda x, hp: _quantile(x, hp["q"]))
+PROB_QUANTILE = BatchStat("prob_threshold", values=lambda tok, hp: tok.prob, reduce=lambda x, hp: _quantile(x, hp["q"]),
+                          used=lambda hp: hp["mode"] == "entropy_and_prob")
 
 
+@needs(ENTROPY_QUANTILE, PROB_QUANTILE)
 @torch.no_grad()
 def masked_sft_gate(tok: Tokens, mode: str = "entropy", q: float = 0.15, k: int = 20,
                     entropy_threshold: float | None = None, prob_threshold: float | None = None) -> torch.Tensor:
@@ -147,13 +257,11 @@ def masked_sft_gate(tok: Tokens, mode: str = "entropy", q: float = 0.15, k: int 
     `python -m training.precompute`, the reading the paper's beta = 0.17 suggests), or, when None, the
     q-quantiles of this batch's supervised tokens.
     """
+    hp = {"q": q, "k": k, "mode": mode}
     h = topk_entropy(tok.logits, k)
-    h_thr = entropy_threshold if entropy_threshold is not None else _quantile(h, q)
-    drop = h <= h_thr
+    drop = h <= (entropy_threshold if entropy_threshold is not None else ENTROPY_QUANTILE.of(tok, hp))
     if mode == "entropy_and_prob":
-        p = tok.prob
-        p_thr = prob_threshold if prob_threshold is not None else _quantile(p, q)
-        drop &= p <= p_thr
+        drop &= tok.prob <= (prob_threshold if prob_threshold is not None else PROB_QUANTILE.of(tok, hp))
     elif mode != "entropy":
         raise ValueError(f"masked_sft mode must be 'entropy' or 'entropy_and_prob', got {mode!r}")
     return (~drop).float()
@@ -164,10 +272,14 @@ def dft_gate(tok: Tokens) -> torch.Tensor:
     return tok.prob
 
 
+CE_MEDIAN = BatchStat("tau", values=lambda tok, hp: tok.ce.detach(), reduce=lambda x, hp: x.median())
+
+
+@needs(CE_MEDIAN)
 def talr_gate(tok: Tokens, tau: float | None = None) -> torch.Tensor:
     """TALR (Lin et al. 2025): sg(p) ** (1 / tau), tau = median per-token CE of this (micro-)batch."""
     ce = tok.ce.detach()
-    t = ce.median() if tau is None else torch.tensor(tau, device=ce.device)
+    t = torch.as_tensor(tau if tau is not None else CE_MEDIAN.of(tok, {}), device=ce.device)
     return torch.exp(-ce / t.clamp_min(1e-6))
 
 
@@ -176,17 +288,22 @@ def mile_weight(tok: Tokens, gamma: float = 1.0) -> torch.Tensor:
     return (1.0 + full_entropy(tok.logp.detach())) ** gamma
 
 
-def mile_gate(tok: Tokens, gamma: float = 1.0) -> torch.Tensor:
+MILE_MEAN = BatchStat("weight_mean", values=lambda tok, hp: mile_weight(tok, hp["gamma"]),
+                      reduce=lambda x, hp: x.mean())
+
+
+@needs(MILE_MEAN)
+def mile_gate(tok: Tokens, gamma: float = 1.0, weight_mean: float | None = None) -> torch.Tensor:
     """MiLe (Su et al. 2023): (1 + H_full) ** gamma, normalised to mean 1 over the batch's supervised tokens."""
     w = mile_weight(tok, gamma)
-    return w / w.mean()
+    return w / (weight_mean if weight_mean is not None else MILE_MEAN.of(tok, {"gamma": gamma}))
 
 
 def flow_gate(tok: Tokens, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """FLOW (Sanyal et al. 2025): a static per-sample weight, w_i ~ exp(-L_i(theta_0) / tau), tau = median.
 
     The weights come from `python -m training.precompute` (normalised to mean 1 over the data set) and reach
-    the loss as `sample_weights` (B,)."""
+    the loss as `sample_weights` (B,): an input, indexed by each token's row, so no batch statistic."""
     if sample_weights is None:
         raise ValueError("flow needs sample_weights (B,): run `python -m training.precompute` on the data "
                          "with the base model, then train with method=flow")
@@ -194,7 +311,7 @@ def flow_gate(tok: Tokens, sample_weights: torch.Tensor | None = None) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The shared path, the losses, statistics.
+# Statistics and the losses.
 
 
 @torch.no_grad()
@@ -256,11 +373,10 @@ def weighted_ce(gate_fn: Callable, logits: torch.Tensor, labels: torch.Tensor, n
                 stats: dict | None = None, **hparams) -> torch.Tensor:
     """sum_t gate_t * CE_t / N. `stats`, when a dict, receives `token_stats` sums."""
     tok = supervised_tokens(logits, labels)
-    gate = gate_fn(tok, **hparams) if tok.ce.numel() else None
+    gate = gate_fn(tok, **with_batch_stats(gate_fn, tok, hparams)) if tok.ce.numel() else None
     if stats is not None:
         stats.update(token_stats(tok, gate))
-    token_losses = tok.ce if gate is None else gate.detach() * tok.ce
-    return reduce_loss(token_losses, logits, num_items_in_batch)
+    return reduce_loss(gated_ce(tok, gate), logits, num_items_in_batch)
 
 
 def _gated(gate_fn: Callable) -> Callable:
@@ -317,12 +433,3 @@ def get_loss(name: str) -> Callable:
     if name not in LOSSES:
         raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
-
-
-def __getattr__(name: str):
-    # LINEAR_LOSSES (the fused-linear, chunked versions of these losses) lives in training.linear_losses, which
-    # imports this module; resolving it on first access works whichever of the two is imported first.
-    if name == "LINEAR_LOSSES":
-        from training.linear_losses import LINEAR_LOSSES
-        return LINEAR_LOSSES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

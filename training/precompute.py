@@ -8,7 +8,7 @@ Writes <data dir>/precomputed/<model name>.json next to the training file:
   w_i = exp(-L_i / tau), normalised to mean 1 over the data set so the loss keeps SFT's scale (FLOW,
   Sanyal et al. 2025). One weight per line of the training file.
 - masked_sft: the q-quantiles of the top-k entropy (nats) and of the label probability over all supervised
-  tokens, computed once under the base model: the reading the paper's beta = 0.17 suggests (PAPER.md Sec. 1).
+  tokens, computed once under the base model (why: docs/paper.md, section "Where the paper is silent").
   q and k come from the method config (`method=`, default masked_sft: configs/method/masked_sft*.yaml), the
   quantile is the loss's own (training.losses._quantile, any number of tokens), and the file records q, k, the
   mode and the method it was made for.

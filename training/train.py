@@ -5,8 +5,9 @@
     torchrun --nproc-per-node 8 -m training.train model=qwen3-4b method=eaft deepspeed=zero3
 
 Writes runs/<run_name>/: config.yaml (resolved), checkpoint-*/, final/ (model + tokenizer), metrics.jsonl
-(one line per logging step: loss, lr, grad norm, gate statistics), run_info.json (git sha, data hash, package
-versions, data counts, train_loss over the whole run). Re-running the same command resumes from the newest
+(one line per logging step: loss, lr, grad norm, gate statistics), run_info.json (model, method, data, seed and
+profile, by which analysis identifies the run; git sha, data hash, package versions, data counts, train_loss over
+the whole run). runs/<run_name> is configs/train.yaml's `run_name`, the one definition. Re-running the same command resumes from the newest
 complete checkpoint (training/checkpoints.py); re-running a finished run does nothing. A run refuses a config that
 differs from the one it started with, a second process on the same run directory, and a diverging loss
 (training/guards.py): a run that stops on an error is never marked finished.
@@ -208,7 +209,7 @@ def _train(cfg, run_dir: Path, rank0: bool) -> dict:
     manifest = Path(train_file).parent / "manifest.json"
     info = {
         "run": cfg.run_name, "model": cfg.model.name, "method": cfg.method.name, "data": cfg.data.name,
-        "seed": cfg.seed, "git_sha": git_sha(), "data_file": repo_relative(train_file),
+        "seed": cfg.seed, "profile": cfg.get("profile"), "git_sha": git_sha(), "data_file": repo_relative(train_file),
         "data_sha256": sha256_file(train_file),
         "fused_loss": fused,
         "data_manifest_sha256": sha256_file(manifest) if manifest.exists() else None,
