@@ -111,12 +111,13 @@ def _accumulate_grad_weight(grad_w: torch.Tensor, grad_logits: torch.Tensor, hc:
 @torch.no_grad()
 def _check_per_token(name: str, gate_fn: Callable, tok: Tokens, gate: torch.Tensor | None, hparams: dict) -> None:
     """Refuse a gate whose weights depend on other tokens in a way it does not declare: gated per chunk, it would
-    silently differ from the plain path. Its weights on a chunk must equal its weights on each half alone."""
+    silently differ from the plain path. Its weights on a chunk must equal its weights on each half alone (NaN
+    matching NaN: a diverging run is the divergence guard's to report, not this check's)."""
     n = tok.ce.numel()
     if gate is None or n < 2:
         return
     halves = torch.cat([gate_fn(tok[:n // 2], **hparams), gate_fn(tok[n // 2:], **hparams)])
-    if not torch.allclose(halves.float(), gate.float(), rtol=1e-4, atol=1e-6):
+    if not torch.allclose(halves.float(), gate.float(), rtol=1e-4, atol=1e-6, equal_nan=True):
         raise ValueError(
             f"the {name!r} gate weighs a token by other tokens of the batch through something it does not declare, "
             "so the fused loss would compute it per chunk: declare that batch statistic on the gate with "
