@@ -145,7 +145,7 @@ def on_policy(cfg, base: Base, rows: list[dict]) -> list[dict]:
     if cache.exists():
         return [json.loads(x) for x in cache.read_text().splitlines()]
     model, tok = base()
-    out = sd.on_policy_rows(model, tok, rows, sd.reference_lengths(tok, rows))
+    out = sd.on_policy_rows(model, tok, rows, sd.reference_lengths(tok, rows), batch_size=32)
     atomic_write_jsonl(cache, out)
     return out
 
@@ -214,16 +214,16 @@ def pilot(cfg, base: Base) -> dict:
     result = {"command": "python -m analysis.study study_profile=" + cfg.study_profile.name + " pilot_only=true",
               "model": cfg.model.name, "data": repo_relative(repo_path(cfg.data.train_file)),
               "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": len(rows), "arms": {}}
-    arms = {"natural": rows, "natural_notags": notags, "on_policy": on_policy(cfg, base, rows)}
+    arms = {"natural_notags": lambda: notags}
     for d in cfg.study_profile.pilot_doses:
-        arms[sd.dose_arm(float(d))], counts = sd.injected_rows(notags, plans, tok, float(d))
-        arms[sd.dose_arm(float(d))] = arms[sd.dose_arm(float(d))]
-        result.setdefault("substitutions", {})[sd.dose_arm(float(d))] = counts
-    for arm, rws in arms.items():
-        result["arms"][arm] = conflict_share(cfg, base, rws)
+        rws, result.setdefault("substitutions", {})[sd.dose_arm(float(d))] = sd.injected_rows(notags, plans, tok, d)
+        arms[sd.dose_arm(float(d))] = lambda rws=rws: rws
+    arms |= {"natural": lambda: rows, "on_policy": lambda: on_policy(cfg, base, rows)}  # generation last: slowest
+    for arm, make in arms.items():
+        result["arms"][arm] = conflict_share(cfg, base, make())
         print(f"[study pilot] {arm}: {100 * result['arms'][arm]['measured_conflict_share']:.2f}% confident "
               "conflicts", flush=True)
-    atomic_write_json(repo_path(cfg.out_dir) / "pilot.json", result)
+        atomic_write_json(repo_path(cfg.out_dir) / "pilot.json", result)  # after each arm: a cut pilot keeps some
     return result
 
 

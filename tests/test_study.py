@@ -213,3 +213,15 @@ def test_the_tiny_profile_end_to_end_and_resumed(tmp_path):
     assert probe and not sd.disjoint_facts([facts[r["id"]] for r in probe], texts)[1]
     again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
     assert again.stdout.count("already trained") == 4 and "[train]" not in again.stdout
+
+
+def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path):
+    from analysis.study import main
+
+    cfg = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
+                  f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}")
+    main(cfg)
+    pilot = json.loads((tmp_path / "r" / "pilot.json").read_text())
+    assert list(pilot["arms"]) == ["natural_notags", "injected_d0.5", "injected_d1", "natural", "on_policy"]
+    assert all(0 <= a["measured_conflict_share"] <= 1 and a["n_tokens"] > 0 for a in pilot["arms"].values())
+    assert pilot["data_sha256"] and not (tmp_path / "runs" / "study-tiny-natural-sft-lr0.003-s0").exists()
