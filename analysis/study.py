@@ -23,6 +23,7 @@ Stages, each cached on disk, so a killed run resumes and a finished cell is neve
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -253,7 +254,6 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
         # the tiny random model knows nothing: its profile keeps every candidate (require_correct: false)
         right = [f for f, (g,) in zip(kept, gens) if sd.answer_matches(g, f["answer"]) or not pc.require_correct]
         nll = response_nll(model, tok, [sd.fact_chat(f) for f in right])["per_example"] if right else []
-        import math
         known = [f for f, (s, _) in zip(right, nll) if math.exp(-s) >= pc.min_prob]
         atomic_write_jsonl(out, [sd.fact_chat(f) for f in known])
         atomic_write_json(info, {"key": key, "candidates": len(facts), "stated_in_training_or_heldout": len(dropped),
