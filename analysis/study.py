@@ -207,24 +207,33 @@ def measure_arms(cfg, base: Base, paths: dict[str, Path]) -> list[dict]:
 
 
 def pilot(cfg, base: Base) -> dict:
-    """The data-only dose pilot: measured conflict share of every arm and candidate dose, no training."""
+    """The data-only dose pilot: measured conflict share of every arm and candidate dose, no training. Resumable:
+    an arm already in <out_dir>/pilot.json for the same model, data file and seed is not measured again, so a
+    second invocation with more candidate doses measures only those."""
     rows = prompt_rows(cfg)
-    model, tok = base()
-    notags = sd.notags_rows(rows)
-    plans = sd.substitution_plans(model, tok, notags, cfg.seed)
-    result = {"command": "python -m analysis.study study_profile=" + cfg.study_profile.name + " pilot_only=true",
+    path = repo_path(cfg.out_dir) / "pilot.json"
+    result = {"command": f"python -m analysis.study study_profile={cfg.study_profile.name} pilot_only=true",
               "model": cfg.model.name, "data": repo_relative(repo_path(cfg.data.train_file)),
-              "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": len(rows), "arms": {}}
+              "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": len(rows), "seed": cfg.seed,
+              "arms": {}, "substitutions": {}}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if all(old.get(k) == result[k] for k in ("model", "data_sha256", "n_examples", "seed")):
+            result["arms"], result["substitutions"] = old["arms"], old.get("substitutions", {})
+    notags = sd.notags_rows(rows)
+    doses = [float(d) for d in cfg.study_profile.pilot_doses if sd.dose_arm(float(d)) not in result["arms"]]
+    plans = sd.substitution_plans(*base(), notags, cfg.seed) if doses else None
     arms = {"natural_notags": lambda: notags}
-    for d in cfg.study_profile.pilot_doses:
-        rws, result.setdefault("substitutions", {})[sd.dose_arm(float(d))] = sd.injected_rows(notags, plans, tok, d)
-        arms[sd.dose_arm(float(d))] = lambda rws=rws: rws
+    for d in doses:
+        rws, result["substitutions"][sd.dose_arm(d)] = sd.injected_rows(notags, plans, base()[1], d)
+        arms[sd.dose_arm(d)] = lambda rws=rws: rws
     arms |= {"natural": lambda: rows, "on_policy": lambda: on_policy(cfg, base, rows)}  # generation last: slowest
     for arm, make in arms.items():
-        result["arms"][arm] = conflict_share(cfg, base, make())
+        if arm not in result["arms"]:
+            result["arms"][arm] = conflict_share(cfg, base, make())
+            atomic_write_json(path, result)  # after each arm: a cut pilot keeps what it measured
         print(f"[study pilot] {arm}: {100 * result['arms'][arm]['measured_conflict_share']:.2f}% confident "
               "conflicts", flush=True)
-        atomic_write_json(repo_path(cfg.out_dir) / "pilot.json", result)  # after each arm: a cut pilot keeps some
     return result
 
 

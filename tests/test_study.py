@@ -215,7 +215,8 @@ def test_the_tiny_profile_end_to_end_and_resumed(tmp_path):
     assert again.stdout.count("already trained") == 4 and "[train]" not in again.stdout
 
 
-def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path):
+def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path, monkeypatch):
+    from analysis import study
     from analysis.study import main
 
     cfg = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
@@ -225,3 +226,11 @@ def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_pa
     assert list(pilot["arms"]) == ["natural_notags", "injected_d0.5", "injected_d1", "natural", "on_policy"]
     assert all(0 <= a["measured_conflict_share"] <= 1 and a["n_tokens"] > 0 for a in pilot["arms"].values())
     assert pilot["data_sha256"] and not (tmp_path / "runs" / "study-tiny-natural-sft-lr0.003-s0").exists()
+    again = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
+                    f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}", "study_profile.pilot_doses=[1.0,0.25]")
+    measured = []
+    share = study.conflict_share
+    monkeypatch.setattr(study, "conflict_share", lambda *a: measured.append(1) or share(*a))
+    after = main(again)["arms"]
+    assert {k: after[k] for k in pilot["arms"]} == pilot["arms"] and list(after)[-1] == "injected_d0.25"
+    assert len(measured) == 1  # only the new dose: a resumed pilot measures nothing twice
