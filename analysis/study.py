@@ -156,11 +156,12 @@ def arm_rows(cfg, base: Base, rows: list[dict], plans=None) -> dict[str, list[di
     out = {"natural": rows, "natural_notags": notags}
     if "on_policy" in cfg.study_profile.arms:
         out["on_policy"] = on_policy(cfg, base, rows)
-    if cfg.study_profile.doses:
+    p = cfg.study_profile
+    if p.doses:
         model, tok = base()
         plans = plans or sd.substitution_plans(model, tok, notags, cfg.seed)
         for d in cfg.study_profile.doses:
-            out[sd.dose_arm(float(d))] = sd.injected_rows(notags, plans, tok, float(d))[0]
+            out[sd.dose_arm(float(d))] = sd.injected_rows(notags, plans, tok, float(d), p.min_gap)[0]
     return {a: out[a] for a in arm_names(cfg)}
 
 
@@ -211,21 +212,22 @@ def pilot(cfg, base: Base) -> dict:
     an arm already in <out_dir>/pilot.json for the same model, data file and seed is not measured again, so a
     second invocation with more candidate doses measures only those."""
     rows = prompt_rows(cfg)
-    path = repo_path(cfg.out_dir) / "pilot.json"
+    gap = int(cfg.study_profile.min_gap)
+    path = repo_path(cfg.out_dir) / ("pilot.json" if gap == 0 else f"pilot_min_gap{gap}.json")
     result = {"command": f"python -m analysis.study study_profile={cfg.study_profile.name} pilot_only=true",
               "model": cfg.model.name, "data": repo_relative(repo_path(cfg.data.train_file)),
               "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": len(rows), "seed": cfg.seed,
-              "arms": {}, "substitutions": {}}
+              **({"min_gap": gap} if gap else {}), "arms": {}, "substitutions": {}}
     if path.exists():
         old = json.loads(path.read_text())
-        if all(old.get(k) == result[k] for k in ("model", "data_sha256", "n_examples", "seed")):
+        if all(old.get(k) == result.get(k) for k in ("model", "data_sha256", "n_examples", "seed", "min_gap")):
             result["arms"], result["substitutions"] = old["arms"], old.get("substitutions", {})
     notags = sd.notags_rows(rows)
     doses = [float(d) for d in cfg.study_profile.pilot_doses if sd.dose_arm(float(d)) not in result["arms"]]
     plans = sd.substitution_plans(*base(), notags, cfg.seed) if doses else None
     arms = {"natural_notags": lambda: notags}
     for d in doses:
-        rws, result["substitutions"][sd.dose_arm(d)] = sd.injected_rows(notags, plans, base()[1], d)
+        rws, result["substitutions"][sd.dose_arm(d)] = sd.injected_rows(notags, plans, base()[1], d, gap)
         arms[sd.dose_arm(d)] = lambda rws=rws: rws
     arms |= {"natural": lambda: rows, "on_policy": lambda: on_policy(cfg, base, rows)}  # generation last: slowest
     for arm, make in arms.items():
@@ -411,11 +413,12 @@ def injected_heldout(cfg, base: Base) -> tuple[list[dict], list[list[int]]]:
         dose = max(float(d) for d in cfg.study_profile.doses) if cfg.study_profile.doses else 1.0
         out = []
         for r, plan in zip(rows, plans):
-            row = sd.with_response(r, tok.decode(plan.ids(dose), clean_up_tokenization_spaces=False))
+            gap = cfg.study_profile.min_gap
+            row = sd.with_response(r, tok.decode(plan.ids(dose, gap), clean_up_tokenization_spaces=False))
             ids, labels, _ = tokenize_chat(tok, row["messages"])
             start, end = sd.content_span(ids, labels, tok.eos_token_id)
             # positions whose token is the substituted one after re-tokenisation
-            pos = [start + i for i, s in enumerate(plan.substituted(dose))
+            pos = [start + i for i, s in enumerate(plan.substituted(dose, gap))
                    if s and start + i < end and ids[start + i] == plan.alternative[i]]
             if pos:
                 out.append({**row, "substituted_positions": pos})

@@ -15,8 +15,10 @@ at every response token y_t, the full-vocabulary entropy H_t and the model's two
 is eligible when the model is confident and agrees with the data (H_t < 0.5 nats, the audit's threshold, and y_t
 is its top-1) and its rank-2 token is an ordinary token. Each eligible position draws one uniform number u_t from
 an RNG seeded by (study seed, row index); it is replaced by the rank-2 token when u_t < dose. The same u_t serve
-every dose, so a higher dose substitutes a superset of a lower one's positions. All decisions come from that one
-pass on the original context; the response is rebuilt by decoding the substituted ids (one token for one token:
+every dose. With `min_gap` = g > 0 a token is replaced only when at least g tokens separate it from the previous
+replacement: replacements packed together change the context the model's confidence was measured in, and the
+measured share then saturates (PREREGISTRATION.md, Sec. 6). With g = 0 a higher dose substitutes a superset of a
+lower one's positions. All decisions come from that one pass on the original context; the response is rebuilt by decoding the substituted ids (one token for one token:
 the length is kept up to re-tokenisation). The substituted token has low probability at a low-entropy position:
 a confident conflict by the paper's Sec. 3 definition.
 """
@@ -100,11 +102,18 @@ class Plan:
     alternative: list[int]
     u: list[float]
 
-    def substituted(self, dose: float) -> list[bool]:
-        return [e and u < dose for e, u in zip(self.eligible, self.u)]
+    def substituted(self, dose: float, min_gap: int = 0) -> list[bool]:
+        """Which tokens are replaced: eligible, u < dose, and at least `min_gap` unreplaced tokens after the
+        previous replacement (min_gap > 0 keeps each conflict's context as the base model saw it)."""
+        out, last = [], -(min_gap + 1)
+        for i, (e, u) in enumerate(zip(self.eligible, self.u)):
+            out.append(bool(e and u < dose and i - last > min_gap))
+            last = i if out[-1] else last
+        return out
 
-    def ids(self, dose: float) -> list[int]:
-        return [a if s else t for t, a, s in zip(self.content_ids, self.alternative, self.substituted(dose))]
+    def ids(self, dose: float, min_gap: int = 0) -> list[int]:
+        sub = self.substituted(dose, min_gap)
+        return [a if s else t for t, a, s in zip(self.content_ids, self.alternative, sub)]
 
 
 @torch.no_grad()
@@ -134,17 +143,18 @@ def substitution_plans(model, tokenizer, rows: list[dict], seed: int, batch_size
     return plans
 
 
-def injected_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float) -> tuple[list[dict], dict]:
-    """The rows with each plan applied at `dose`; counts of eligible and substituted tokens."""
+def injected_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
+                  min_gap: int = 0) -> tuple[list[dict], dict]:
+    """The rows with each plan applied at `dose` (and `min_gap`); counts of eligible and substituted tokens."""
     if not 0.0 <= dose <= 1.0:
         raise ValueError(f"dose must be in [0, 1], got {dose}")
     out, counts = [], {"tokens": 0, "eligible": 0, "substituted": 0}
     for row, plan in zip(rows, plans, strict=True):
-        sub = plan.substituted(dose)
+        sub = plan.substituted(dose, min_gap)
         counts["tokens"] += len(plan.content_ids)
         counts["eligible"] += sum(plan.eligible)
         counts["substituted"] += sum(sub)
-        text = tokenizer.decode(plan.ids(dose), clean_up_tokenization_spaces=False) if any(sub) else response(row)
+        text = tokenizer.decode(plan.ids(dose, min_gap), clean_up_tokenization_spaces=False) if any(sub) else response(row)
         out.append(with_response(row, text))
     return out, counts
 

@@ -1,6 +1,7 @@
 """The conflict study (analysis/study.py, data_pipeline/study_data.py): data construction, probe facts, decision
 rules, and the tiny profile end to end."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -69,6 +70,18 @@ def test_substitution_changes_only_eligible_positions_nested_in_dose_and_the_con
     assert shares[0] == 0.25 and shares == sorted(shares)
     assert shares[-1] == pytest.approx(0.25 + sum(plan.eligible) / 400)
     assert 0.27 < shares[1] < 0.33                   # about dose x eligible share (0.1 x 0.5) more
+
+
+def test_min_gap_spaces_the_replacements_and_keeps_them_eligible():
+    logits, targets = synthetic(n=200)
+    alt = sd.eligible_positions(logits, targets)[1]
+    plan = sd.Plan(targets.tolist(), [True] * 200, alt.tolist(), sd.uniforms(0, 0, 200).tolist())  # all eligible
+    for gap in (0, 1, 3):
+        at = [i for i, s in enumerate(plan.substituted(1.0, gap)) if s]
+        assert all(b - a > gap for a, b in itertools.pairwise(at)) and len(at) == len(range(0, 200, gap + 1))
+    sparse = plan_from(logits, targets)
+    assert 0 < sum(sparse.substituted(1.0, 2)) < sum(sparse.substituted(1.0)) == sum(sparse.eligible)
+    assert all(sparse.eligible[i] for i, s in enumerate(sparse.substituted(1.0, 2)) if s)
 
 
 def test_data_construction_is_deterministic():
