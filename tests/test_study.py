@@ -226,6 +226,12 @@ def test_the_tiny_profile_end_to_end_and_resumed(tmp_path):
     assert probe and not sd.disjoint_facts([facts[r["id"]] for r in probe], texts)[1]
     again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
     assert again.stdout.count("already trained") == 4 and "[train]" not in again.stdout
+    (out / "table.md").unlink()  # the report re-renders from the metrics alone
+    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}"]
+    proc = subprocess.run([sys.executable, "-m", "analysis.study_report", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| injected_d1 | eaft |" in (out / "table.md").read_text()
 
 
 def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path, monkeypatch):
