@@ -227,7 +227,8 @@ def test_the_tiny_profile_end_to_end_and_resumed(tmp_path):
     again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
     assert again.stdout.count("already trained") == 4 and "[train]" not in again.stdout
     (out / "table.md").unlink()  # the report re-renders from the metrics alone
-    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}"]
+    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}",
+            f"work_dir={tmp_path / 'work'}"]
     proc = subprocess.run([sys.executable, "-m", "analysis.study_report", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
