@@ -1,0 +1,531 @@
+"""The conflict study: does the confident-conflict share of the training data drive forgetting, and does EAFT's
+gate remove that effect? SmolLM2-135M on the CPU, offline. Design and predictions: results/study/PREREGISTRATION.md.
+
+    make study PROFILE=quick                                  # sft, eaft x 3 arms, one seed (<= 20 min)
+    make study                                                # every preregistered cell (hours; resumable)
+    python -m analysis.study study_profile=full pilot_only=true   # the data-only dose pilot, no training
+    python -m analysis.study model=tiny data=tiny study_profile=tiny   # seconds (tests/test_study.py)
+    make study ARGS=reuse_kept=true                           # continue from committed results in a fresh checkout
+
+Stages, each cached on disk, so a killed run resumes and a finished cell is never rerun:
+  1. check     the config (arms, doses, methods, learning rates, seeds), before any model loads
+  2. arms      the training files of every arm (data_pipeline/study_data.py) under <work_dir>, and each arm's
+               measured confident-conflict share under the base model (<out_dir>/arms.json)
+  3. probe     the knowledge probe: candidate facts (data_pipeline/study_facts.jsonl) that no arm or held-out text
+               states, kept when the base model answers them greedily and correctly with p >= min_prob
+  4. open      the paper's open questions on the base model: EAFT gate and top-K vs full entropy as the softmax
+               temperature rises (<out_dir>/open_questions.json)
+  5. cells     train (training.train) and evaluate (evaluation.evaluate + injected_learned) every arm x method x
+               lr x seed; runs/study-<profile>-<arm>-<method>-lr<lr>-s<seed>
+  6. report    <out_dir>/{table.md, summary.json, dose_response.png, pareto.png} (analysis/study_report.py)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from analysis.demo import (
+    Timer,
+    compose_cfg,
+    drop_checkpoints,
+    finished,
+    group_done,
+    keep_logs,
+    same_config,
+    use_bf16,
+)
+from data_pipeline import study_data as sd
+from data_pipeline.files import atomic_write_json, atomic_write_jsonl, repo_path, repo_relative, sha256_file
+
+METHODS_DIR = repo_path("configs/method")
+INJECTED_LEARNED = "injected_learned"
+
+
+# ---- 1. check -----------------------------------------------------------------------------------------------
+
+def check_config(cfg) -> None:
+    """Every mistake a long run would find late, found now; the message names the key."""
+    p = cfg.study_profile
+    where = f"configs/study_profile/{p.name}.yaml"
+    known = {"on_policy", "natural_notags", "natural"}
+    bad = [a for a in p.arms if a not in known]
+    if bad:
+        raise ValueError(f"{where}: arms {bad} unknown; known: {sorted(known)} (injected arms come from `doses`)")
+    if any(not 0 < float(d) <= 1 for d in p.doses) or len(set(p.doses)) != len(p.doses):
+        raise ValueError(f"{where}: doses must be distinct numbers in (0, 1], got {list(p.doses)}")
+    if not p.arms and not p.doses:
+        raise ValueError(f"{where}: no arm to train")
+    for i, cell in enumerate(p.cells):
+        for m in cell.methods:
+            if not (METHODS_DIR / f"{m}.yaml").exists():
+                raise ValueError(f"{where}: cells[{i}].methods: no configs/method/{m}.yaml")
+        if not float(cell.lr) > 0 or not list(cell.seeds):
+            raise ValueError(f"{where}: cells[{i}] needs lr > 0 and at least one seed")
+    if int(p.n_examples) < 2:
+        raise ValueError(f"{where}: n_examples must be >= 2")
+    for f in (cfg.facts_file, p.heldout_file, cfg.data.train_file):
+        if not repo_path(f).exists() and not str(f).startswith(("./data", "data")):
+            raise FileNotFoundError(f"{f}: missing (named by {where} or configs/study.yaml)")
+
+
+def arm_names(cfg) -> list[str]:
+    return [*cfg.study_profile.arms, *[sd.dose_arm(float(d)) for d in cfg.study_profile.doses]]
+
+
+def cells(cfg) -> list[dict]:
+    """Every (arm, method, lr, seed) of the profile, seeds outermost so that a partial run covers every arm."""
+    out = []
+    seeds = sorted({s for c in cfg.study_profile.cells for s in c.seeds})
+    for seed in seeds:
+        for arm in arm_names(cfg):
+            for c in cfg.study_profile.cells:
+                for m in c.methods:
+                    if seed in c.seeds:
+                        out.append({"arm": arm, "method": m, "lr": float(c.lr), "seed": int(seed)})
+    return out
+
+
+def run_name(cfg, cell: dict) -> str:
+    return f"study-{cfg.study_profile.name}-{cell['arm']}-{cell['method']}-lr{cell['lr']:g}-s{cell['seed']}"
+
+
+def base_run_name(cfg) -> str:
+    return f"study-{cfg.study_profile.name}-base"
+
+
+# ---- 2. arms ------------------------------------------------------------------------------------------------
+
+class Base:
+    """The base model and tokenizer, loaded on first use (a resumed run that needs no model pass loads none)."""
+
+    def __init__(self, cfg):
+        self.cfg, self._pair = cfg, None
+
+    def __call__(self):
+        if self._pair is None:
+            import torch
+
+            from training.models import load_model, load_tokenizer
+
+            torch.manual_seed(self.cfg.seed)  # a from_config model is the same on every call
+            tok = load_tokenizer(self.cfg.model)
+            self._pair = (load_model(self.cfg.model, tok).eval(), tok)
+        return self._pair
+
+
+def setup(cfg, bundle: bool = True) -> None:
+    """The SmolLM2 folder, data/math-mini and (bundle=True) the benchmark bundle, as the demo makes them."""
+    from data_pipeline.assets import SMOLLM2_DIR, smollm2
+
+    if repo_path(cfg.model.name_or_path).resolve() == SMOLLM2_DIR.resolve():
+        smollm2()
+    if not repo_path(cfg.data.train_file).exists():
+        from data_pipeline.build import main as build_data
+        build_data(compose_cfg("data_build", [f"domain={cfg.data.name}"]))
+    if bundle and cfg.study_profile.eval_bundle:
+        from evaluation.data_bundle import main as build_eval_data
+        build_eval_data(["--only", *cfg.study_profile.eval_bundle])
+
+
+def prompt_rows(cfg) -> list[dict]:
+    from training.data import read_chat_jsonl
+
+    rows = read_chat_jsonl(repo_path(cfg.data.train_file))[: cfg.study_profile.n_examples]
+    return [dict(r) for r in rows]
+
+
+def on_policy(cfg, base: Base, rows: list[dict]) -> list[dict]:
+    """The base model's answers, cached by model and data: generated once, reused by every profile and sitting."""
+    from data_pipeline.files import sha256_json
+
+    key = sha256_json([cfg.model.get("name_or_path"), cfg.model.name, rows])[:16]
+    cache = repo_path(cfg.runs_dir) / "_study" / "cache" / f"on_policy-{cfg.model.name}-{key}.jsonl"
+    if cache.exists():
+        return [json.loads(x) for x in cache.read_text().splitlines()]
+    model, tok = base()
+    out = sd.on_policy_rows(model, tok, rows, sd.reference_lengths(tok, rows), batch_size=32)
+    atomic_write_jsonl(cache, out)
+    return out
+
+
+def arm_rows(cfg, base: Base, rows: list[dict], plans=None) -> dict[str, list[dict]]:
+    notags = sd.notags_rows(rows)
+    out = {"natural": rows, "natural_notags": notags}
+    if "on_policy" in cfg.study_profile.arms:
+        out["on_policy"] = on_policy(cfg, base, rows)
+    p = cfg.study_profile
+    if p.doses:
+        model, tok = base()
+        plans = plans or sd.substitution_plans(model, tok, notags, cfg.seed)
+        for d in cfg.study_profile.doses:
+            out[sd.dose_arm(float(d))] = sd.injected_rows(notags, plans, tok, float(d), p.min_gap)[0]
+    return {a: out[a] for a in arm_names(cfg)}
+
+
+def write_arms(cfg, base: Base) -> dict[str, Path]:
+    """<work_dir>/arms/<arm>.jsonl for every arm, rebuilt only when missing."""
+    d = repo_path(cfg.work_dir) / "arms"
+    paths = {a: d / f"{a}.jsonl" for a in arm_names(cfg)}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    for arm, rws in arm_rows(cfg, base, prompt_rows(cfg)).items():
+        atomic_write_jsonl(paths[arm], rws)
+    return paths
+
+
+def conflict_share(cfg, base: Base, rows: list[dict]) -> dict:
+    """analysis.summaries.conflict_summary of the rows under the base model, as the demo and `make audit` measure."""
+    from analysis.summaries import conflict_summary
+    from analysis.token_stats import token_frame
+    from training.data import build_examples
+
+    model, tok = base()
+    examples, counts = build_examples(rows, tok, cfg.study_profile.train.max_length, "drop")
+    hparams = dict(compose_cfg("train", ["method=eaft"]).method.hparams)
+    df = token_frame(model, tok, examples, [20], hparams, desc="conflict share")
+    s = conflict_summary(df)
+    return {"measured_conflict_share": s["token_share"], "n_examples": counts["kept"], "n_tokens": s["tokens"],
+            "conflicts": s["conflicts"], "sft_loss_share": s["sft_loss_share"], "gate_mean": s["gate_mean"]}
+
+
+def measure_arms(cfg, base: Base, paths: dict[str, Path]) -> list[dict]:
+    """Each arm's measured share, cached in <out_dir>/arms.json by model and file content."""
+    from training.data import read_chat_jsonl
+
+    cache = repo_path(cfg.out_dir) / "arms.json"
+    old = {a["name"]: a for a in json.loads(cache.read_text())} if cache.exists() else {}
+    out = []
+    for arm, path in paths.items():
+        key = {"model": cfg.model.name, "sha256": sha256_file(path)}
+        if old.get(arm, {}).get("key") != key:
+            old[arm] = {"name": arm, "key": key, **conflict_share(cfg, base, read_chat_jsonl(path))}
+        out.append(old[arm])
+        atomic_write_json(cache, out + [v for k, v in old.items() if k not in paths])
+    return out
+
+
+def pilot(cfg, base: Base) -> dict:
+    """The data-only dose pilot: measured conflict share of every arm and candidate dose, no training. Resumable:
+    an arm already in <out_dir>/pilot.json for the same model, data file and seed is not measured again, so a
+    second invocation with more candidate doses measures only those."""
+    rows = prompt_rows(cfg)
+    gap = int(cfg.study_profile.min_gap)
+    path = repo_path(cfg.out_dir) / ("pilot.json" if gap == 0 else f"pilot_min_gap{gap}.json")
+    result = {"command": f"python -m analysis.study study_profile={cfg.study_profile.name} pilot_only=true",
+              "model": cfg.model.name, "data": repo_relative(repo_path(cfg.data.train_file)),
+              "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": len(rows), "seed": cfg.seed,
+              **({"min_gap": gap} if gap else {}), "arms": {}, "substitutions": {}}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if all(old.get(k) == result.get(k) for k in ("model", "data_sha256", "n_examples", "seed", "min_gap")):
+            result["arms"], result["substitutions"] = old["arms"], old.get("substitutions", {})
+    notags = sd.notags_rows(rows)
+    doses = [float(d) for d in cfg.study_profile.pilot_doses if sd.dose_arm(float(d)) not in result["arms"]]
+    plans = sd.substitution_plans(*base(), notags, cfg.seed) if doses else None
+    arms = {"natural_notags": lambda: notags}
+    for d in doses:
+        rws, result["substitutions"][sd.dose_arm(d)] = sd.injected_rows(notags, plans, base()[1], d, gap)
+        arms[sd.dose_arm(d)] = lambda rws=rws: rws
+    arms |= {"natural": lambda: rows, "on_policy": lambda: on_policy(cfg, base, rows)}  # generation last: slowest
+    for arm, make in arms.items():
+        if arm not in result["arms"]:
+            result["arms"][arm] = conflict_share(cfg, base, make())
+            atomic_write_json(path, result)  # after each arm: a cut pilot keeps what it measured
+        print(f"[study pilot] {arm}: {100 * result['arms'][arm]['measured_conflict_share']:.2f}% confident "
+              "conflicts", flush=True)
+    return result
+
+
+# ---- 3. knowledge probe -------------------------------------------------------------------------------------
+
+def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
+    """<work_dir>/probe.jsonl: the facts the base model knows confidently and that no training or held-out text
+    states. Built once per model and facts file; checked against every arm on each invocation."""
+    from evaluation.likelihood import response_nll
+    from training.data import read_chat_jsonl
+
+    texts = [m["content"] for p in [*paths.values(), repo_path(cfg.study_profile.heldout_file)]
+             for r in read_chat_jsonl(p) for m in r["messages"]]
+    out = repo_path(cfg.work_dir) / "probe.jsonl"
+    info = repo_path(cfg.out_dir) / "probe.json"
+    facts = sd.read_facts(repo_path(cfg.facts_file))
+    key = {"model": cfg.model.name, "facts_sha256": sha256_file(repo_path(cfg.facts_file)),
+           "probe": dict(cfg.study_profile.probe)}
+    if not (out.exists() and info.exists() and json.loads(info.read_text())["key"] == key):
+        from evaluation.generation import generate
+
+        pc = cfg.study_profile.probe
+        kept, dropped = sd.disjoint_facts(facts, texts)
+        kept = kept[: pc.limit] if pc.get("limit") else kept
+        model, tok = base()
+        gens = generate((model, tok), [f["prompt"] for f in kept], max_new_tokens=pc.max_new_tokens)
+        # the tiny random model knows nothing: its profile keeps every candidate (require_correct: false)
+        right = [f for f, (g,) in zip(kept, gens) if sd.answer_matches(g, f["answer"]) or not pc.require_correct]
+        nll = response_nll(model, tok, [sd.fact_chat(f) for f in right])["per_example"] if right else []
+        known = [f for f, (s, _) in zip(right, nll) if math.exp(-s) >= pc.min_prob]
+        atomic_write_jsonl(out, [sd.fact_chat(f) for f in known])
+        atomic_write_json(info, {"key": key, "candidates": len(facts), "stated_in_training_or_heldout": len(dropped),
+                                 "answered_correctly": len(right), "kept": len(known),
+                                 "kept_ids": [f["id"] for f in known]})
+    kept = json.loads(info.read_text())["kept"]
+    if kept < cfg.study_profile.probe.min_items:
+        raise ValueError(f"{info}: only {kept} probe facts (study_profile.probe.min_items = "
+                         f"{cfg.study_profile.probe.min_items}); add facts to {cfg.facts_file}")
+    ids = set(json.loads(info.read_text())["kept_ids"])
+    leaked = [f["id"] for f in sd.disjoint_facts([f for f in facts if f["id"] in ids], texts)[1]]
+    if leaked:
+        raise ValueError(f"probe facts {leaked} are stated in a training arm or the held-out target: delete {out}")
+    return out
+
+
+# ---- 4. the paper's open questions on the base model -----------------------------------------------------------
+
+def open_questions(cfg, base: Base, natural: Path) -> dict:
+    """Per softmax temperature: mean EAFT gate and Pearson r of top-K with full entropy, on the natural arm."""
+    import torch
+
+    from training.data import ChatCollator, build_examples, read_chat_jsonl
+    from training.losses import eaft_gate, full_entropy, supervised_tokens, topk_entropy
+
+    path = repo_path(cfg.out_dir) / "open_questions.json"
+    q = cfg.study_profile.open_questions
+    key = {"model": cfg.model.name, "sha256": sha256_file(natural), "q": dict(q)}
+    if path.exists() and json.loads(path.read_text())["key"] == key:
+        return json.loads(path.read_text())
+    model, tok = base()
+    examples, _ = build_examples(read_chat_jsonl(natural)[: q.limit], tok, cfg.study_profile.train.max_length)
+    collate = ChatCollator(tok.pad_token_id)
+    temps = [float(t) for t in q.temperatures]
+    acc = {t: {"full": [], "gate": [], **{k: [] for k in q.topk}} for t in temps}
+    hp = dict(compose_cfg("train", ["method=eaft"]).method.hparams)
+    with torch.no_grad():
+        for i in range(0, len(examples), 4):
+            b = collate(examples[i: i + 4])
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            for t in temps:
+                tk = supervised_tokens(logits / t, b["labels"])
+                acc[t]["full"].append(full_entropy(tk.logp))
+                acc[t]["gate"].append(eaft_gate(tk, **hp))
+                for k in q.topk:
+                    acc[t][k].append(topk_entropy(tk.logits, int(k)))
+    rows = []
+    for t in temps:
+        full = torch.cat(acc[t]["full"]).double()
+        row = {"temperature": t, "gate_mean": float(torch.cat(acc[t]["gate"]).mean()),
+               "full_entropy_mean": float(full.mean())}
+        for k in q.topk:
+            row[f"pearson_top{k}"] = float(torch.corrcoef(torch.stack([torch.cat(acc[t][k]).double(), full]))[0, 1])
+        rows.append(row)
+    broken = [r["temperature"] for r in rows if r["pearson_top20"] < q.holds_min_pearson]
+    result = {"key": key, "tokens": int(full.numel()), "rows": rows, "criterion": f"Pearson r >= {q.holds_min_pearson}",
+              "top20_fails_from_temperature": broken[0] if broken else None}
+    atomic_write_json(path, result)
+    return result
+
+
+# ---- 5. cells -----------------------------------------------------------------------------------------------
+
+def train_cfg(cfg, cell: dict, train_file: Path, bf16: bool):
+    t = cfg.study_profile.train
+    overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={cell['method']}", "trainer=cpu",
+                 f"seed={cell['seed']}", f"run_name={run_name(cfg, cell)}",
+                 f"out_dir={repo_relative(repo_path(cfg.runs_dir))}", f"data.train_file={repo_relative(train_file)}",
+                 f"data.max_length={t.max_length}", f"trainer.bf16={str(bf16).lower()}",
+                 f"trainer.learning_rate={cell['lr']}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
+    return compose_cfg("train", overrides)
+
+
+def train(cfg, cell: dict, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
+    """Train one cell unless it finished with the same config (then reused); returns (run dir, trained now)."""
+    from training.train import main as train_main
+
+    run_dir = repo_path(cfg.runs_dir) / run_name(cfg, cell)
+    if compose_cfg("train", [f"method={cell['method']}"]).method.get("precomputed"):
+        from training.precompute import main as precompute_main
+        from training.precompute import precomputed_path
+        if not precomputed_path(train_file, cfg.model.name).exists():
+            precompute_main(compose_cfg("precompute", [f"model={cfg.model.name}", f"data={cfg.data.name}",
+                                                       f"data.train_file={train_file}"]))
+    tcfg = train_cfg(cfg, cell, train_file, bf16)
+    if finished(run_dir) and same_config(run_dir, tcfg):
+        print(f"[study] {run_dir.name}: already trained", flush=True)
+        timer.skip()
+        return run_dir, False
+    if finished(run_dir):
+        raise ValueError(f"{run_dir} was trained with other settings; move it away to retrain it")
+    train_main(tcfg)
+    if not cfg.keep_checkpoints:
+        drop_checkpoints(run_dir)
+    return run_dir, True
+
+
+def eval_groups(cfg, probe_file: Path) -> list[dict]:
+    """The profile's groups with the study's target and probe files filled in."""
+    extra = {"target_nll": [f"bench.target_nll.local.data_files=[{cfg.study_profile.heldout_file}]"],
+             "knowledge_nll": ["+benchmark@bench.knowledge_nll=knowledge_nll",
+                               f"bench.knowledge_nll.local.data_files=[{probe_file}]"]}
+    out = []
+    for g in cfg.study_profile.eval.groups:
+        more = [o for b in g.benchmarks for o in extra.get(b, [])]
+        out.append({"benchmarks": list(g.benchmarks), "limit": g.limit, "overrides": [*more, *g.get("overrides", [])]})
+    return out
+
+
+def evaluated(cfg, name: str) -> bool:
+    from omegaconf import OmegaConf
+
+    metrics = repo_path(cfg.metrics_dir) / name
+    return (all(group_done(metrics, OmegaConf.create(g)) for g in cfg.study_profile.eval.groups)
+            and (metrics / f"{INJECTED_LEARNED}.json").exists())
+
+
+def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool) -> None:
+    from evaluation.evaluate import main as eval_main
+
+    for g in eval_groups(cfg, probe_file):
+        overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(g['benchmarks'])}]",
+                     f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",
+                     f"dtype={'bfloat16' if bf16 else 'float32'}", *g["overrides"]]
+        if not group_done(repo_path(cfg.metrics_dir) / name, _ns(g)):
+            eval_main(compose_cfg("eval", overrides))
+
+
+def _ns(g: dict):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(g)
+
+
+def injected_heldout(cfg, base: Base) -> tuple[list[dict], list[list[int]]]:
+    """The natural held-out solutions, tags removed, with the highest dose's substitution rule applied; per row,
+    the positions (in tokenize_chat's ids) of the substituted tokens. Cached in <work_dir>."""
+    from training.data import read_chat_jsonl, tokenize_chat
+
+    path = repo_path(cfg.work_dir) / "injected_heldout.jsonl"
+    if not path.exists():
+        model, tok = base()
+        rows = [dict(r) for r in read_chat_jsonl(repo_path(cfg.study_profile.heldout_file))]
+        rows = sd.notags_rows(rows[: cfg.study_profile.injected_heldout.limit])
+        plans = sd.substitution_plans(model, tok, rows, cfg.seed + 1)  # other draws than any training row
+        dose = max(float(d) for d in cfg.study_profile.doses) if cfg.study_profile.doses else 1.0
+        out = []
+        for r, plan in zip(rows, plans):
+            gap = cfg.study_profile.min_gap
+            row = sd.with_response(r, tok.decode(plan.ids(dose, gap), clean_up_tokenization_spaces=False))
+            ids, labels, _ = tokenize_chat(tok, row["messages"])
+            start, end = sd.content_span(ids, labels, tok.eos_token_id)
+            # positions whose token is the substituted one after re-tokenisation
+            pos = [start + i for i, s in enumerate(plan.substituted(dose, gap))
+                   if s and start + i < end and ids[start + i] == plan.alternative[i]]
+            if pos:
+                out.append({**row, "substituted_positions": pos})
+        atomic_write_jsonl(path, out)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return rows, [r["substituted_positions"] for r in rows]
+
+
+def substituted_logprobs(model, tok, rows: list[dict], positions: list[list[int]]) -> list[float]:
+    """Per row: the sum of log p(token at each substituted position | its prefix)."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.data import tokenize_chat
+
+    out = []
+    with torch.no_grad():
+        for r, pos in zip(rows, positions):
+            ids = torch.tensor([tokenize_chat(tok, r["messages"])[0]])
+            logp = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # (T, V)
+            out.append(float(sum(logp[p - 1, ids[0, p]] for p in pos)))
+    return out
+
+
+def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, positions) -> None:
+    """<metrics_dir>/<name>/injected_learned.json: log p of the substituted held-out tokens, per item, in the
+    items layout the paired report reads (nll_sum = -sum log p, tokens = substituted tokens)."""
+    from evaluation.evaluate import resolve_model
+    from evaluation.generation import load_for_generation
+    from evaluation.likelihood import ratio_stats
+
+    d = repo_path(cfg.metrics_dir) / name
+    if (d / f"{INJECTED_LEARNED}.json").exists():
+        return
+    lp = []
+    if rows:  # none when the base model is confident nowhere (the tiny random model): recorded as n = 0
+        pair = base() if model_spec is None else load_for_generation(resolve_model(model_spec)["model_cfg"])
+        lp = substituted_logprobs(pair[0], pair[1], rows, positions)
+    items = [{"id": str(i), "nll_sum": -x, "tokens": len(p)} for i, (x, p) in enumerate(zip(lp, positions))]
+    atomic_write_jsonl(d / "items" / f"{INJECTED_LEARNED}.jsonl", items)
+    st = (ratio_stats([-x for x in lp], [len(p) for p in positions]) if lp
+          else {"value": None, "stderr": None, "n": 0, "tokens": 0})
+    atomic_write_json(d / f"{INJECTED_LEARNED}.json",
+                      {"run": name, "benchmark": INJECTED_LEARNED, "metric": "substituted_token_nll",
+                       "value": st["value"], "stderr": st["stderr"], "n": st["n"], "tokens": st["tokens"],
+                       "settings": {"limit": cfg.study_profile.injected_heldout.limit},
+                       "items_file": repo_relative(d / "items" / f"{INJECTED_LEARNED}.jsonl")})
+
+
+# ---- main ---------------------------------------------------------------------------------------------------
+
+def main(cfg) -> dict:
+    check_config(cfg)
+    out = repo_path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = Base(cfg)
+    bf16 = use_bf16(cfg.precision)
+    if cfg.pilot_only:
+        setup(cfg, bundle=False)
+        return pilot(cfg, base)
+    timer = Timer(out / "timing.json")
+    t0 = time.time()
+    todo = cells(cfg)
+    print(f"[study] profile={cfg.study_profile.name} arms={arm_names(cfg)} cells={len(todo)} "
+          f"precision={'bf16 autocast' if bf16 else 'fp32'}", flush=True)
+    with timer("set-up (model folder, data, benchmark files)"):
+        setup(cfg)
+    with timer("arms: training files and measured conflict shares"):
+        paths = write_arms(cfg, base)
+        arms = measure_arms(cfg, base, paths)
+    with timer("knowledge probe"):
+        probe_file = probe(cfg, base, paths)
+    with timer("open questions: gate and top-K vs temperature"):
+        open_q = open_questions(cfg, base, paths.get("natural") or next(iter(paths.values())))
+    inj_rows, inj_pos = injected_heldout(cfg, base)
+    with timer("evaluate the base model"):
+        name = base_run_name(cfg)
+        evaluate(cfg, cfg.model.name, name, probe_file, bf16)
+        injected_learned(cfg, base, name, None, inj_rows, inj_pos)
+    done = {}
+    for i, cell in enumerate(todo, 1):
+        name = run_name(cfg, cell)
+        print(f"\n[study] cell {i}/{len(todo)}: {name}", flush=True)
+        kept = repo_path(cfg.out_dir) / "runs" / name
+        if (cfg.reuse_kept and finished(kept) and same_config(kept, train_cfg(cfg, cell, paths[cell["arm"]], bf16))
+                and evaluated(cfg, name)):
+            print(f"[study] {name}: trained and evaluated before (kept log and metrics; reuse_kept=true)", flush=True)
+            done[name] = cell
+            continue
+        with timer(f"train {name}"):
+            run_dir, _ = train(cfg, cell, paths[cell["arm"]], bf16, timer)
+            keep_logs(cfg, run_dir)
+        with timer(f"evaluate {name}"):
+            evaluate(cfg, str(run_dir), name, probe_file, bf16)
+            injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos)
+        done[name] = cell
+    from analysis.study_report import report
+
+    with timer("report"):
+        result = report(cfg, base_run_name(cfg), done, arms, open_q)
+    timer.stages["total (this invocation)"] = round(time.time() - t0, 1)
+    timer.save()
+    print(f"\n[study] done in {(time.time() - t0) / 60:.1f} min; {result['table']}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(config_path="../configs", config_name="study", version_base=None)(main)()

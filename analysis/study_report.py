@@ -1,0 +1,305 @@
+"""The conflict study's report, from results/metrics and <out_dir>/{arms,open_questions}.json (no model needed).
+
+    python -m analysis.study_report study_profile=full     # re-render results/study from the existing metrics
+
+Writes <out_dir>/table.md, summary.json, dose_response.png, pareto.png, open_questions.png.
+
+Measures per cell (a trained model), each paired with the base model over identical items (analysis.demo_report):
+    target_gain          base - tuned NLL per token on the natural held-out solutions (same target for every arm)
+    kl_to_base           KL(tuned || base) per token on the base model's answers to general prompts (drift)
+    knowledge_retention  mean over probe facts of log p_tuned(answer) - log p_base(answer), answer turn in nats
+    mini_acc             mean accuracy (%) of the mini multiple-choice benchmarks (arc_easy, piqa)
+    injected_learned     mean over substituted held-out tokens of log p_tuned - log p_base (nats per token)
+Predictions (results/study/PREREGISTRATION.md) are contrasts of these across arms and methods at the main learning
+rate, computed per seed over paired items and averaged over seeds; the verdict applies the preregistered rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from analysis.demo_report import item_pairs, load_run
+from data_pipeline.files import atomic_write_json, atomic_write_text, repo_path
+from evaluation.likelihood import ratio_stats
+
+TARGET, DRIFT, PROBE, INJECTED = "target_nll", "general_kl", "knowledge_nll", "injected_learned"
+MINI = ("arc_easy", "piqa")
+MEASURES = ("target_gain", "kl_to_base", "knowledge_retention", "mini_acc", "injected_learned")
+LOW_ARM = "natural_notags"       # the reference arm of the dose contrasts
+EQUIVALENCE_MARGIN = 0.01        # KL nats/token: P4's "no difference" band (PREREGISTRATION.md)
+Z = 2.0                          # decision threshold in standard errors
+
+
+def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool = False) -> dict | None:
+    """sum_run coef * value(run) over the items every run scored: token-weighted (ratio) or per item (mean).
+    None when a run or the benchmark is missing."""
+    if any(run not in loaded or bench not in loaded[run] for run in terms):
+        return None
+    pairs = {run: item_pairs(loaded[run][bench]) for run in terms}
+    common = sorted(set.intersection(*(set(p) for p in pairs.values())))
+    if len(common) < 2:
+        return None
+    first = next(iter(pairs.values()))
+    x = [sum(c * pairs[run][k][0] for run, c in terms.items()) for k in common]
+    t = [1.0 if per_item else first[k][1] for k in common]
+    st = ratio_stats(x, t)
+    return {"diff": st["value"], "stderr": st["stderr"], "n": st["n"]}
+
+
+def seed_mean(parts: list[dict]) -> dict | None:
+    """Mean of per-seed contrasts, SE from their SEs (seeds independent)."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    se = (math.sqrt(sum(p["stderr"] ** 2 for p in parts)) / len(parts)
+          if all(p["stderr"] is not None for p in parts) else None)
+    return {"value": sum(p["diff"] for p in parts) / len(parts), "se": se, "seeds": len(parts)}
+
+
+def cell_measures(loaded: dict, base: str, run: str) -> dict:
+    """The five measures of one run, each {value, se} (None when not evaluated)."""
+    def neg(c):
+        return None if c is None else {"value": -c["diff"], "se": c["stderr"]}
+
+    out = {"target_gain": neg(contrast(loaded, {run: 1.0, base: -1.0}, TARGET)),
+           "knowledge_retention": neg(contrast(loaded, {run: 1.0, base: -1.0}, PROBE, per_item=True)),
+           "injected_learned": neg(contrast(loaded, {run: 1.0, base: -1.0}, INJECTED))}
+    r = loaded[run]
+    out["kl_to_base"] = {"value": r[DRIFT]["value"], "se": r[DRIFT]["stderr"]} if DRIFT in r else None
+    minis = [r[b] for b in MINI if b in r]
+    out["mini_acc"] = ({"value": sum(m["value"] for m in minis) / len(minis),
+                        "se": math.sqrt(sum((m["stderr"] or 0) ** 2 for m in minis)) / len(minis)} if minis else None)
+    return out
+
+
+# ---- predictions --------------------------------------------------------------------------------------------
+
+PREDICTIONS = [
+    ("P1", "SFT's drift (KL to base) grows with the conflict share: highest injected arm minus natural_notags > 0",
+     "dose", "sft", None, DRIFT, +1),
+    ("P2", "EAFT's drift grows less than SFT's: (EAFT hi - lo) - (SFT hi - lo) < 0", "dose", "eaft", "sft", DRIFT, -1),
+    ("P3", "The pilot mask's drift grows less than SFT's: (Masked-SFT-pilot hi - lo) - (SFT hi - lo) < 0", "dose",
+     "masked_sft_pilot", "sft", DRIFT, -1),
+    ("P4", f"On the on_policy arm EAFT and SFT drift alike: |EAFT - SFT| + 2 SE < {EQUIVALENCE_MARGIN} KL",
+     "on_policy", "eaft", "sft", DRIFT, 0),
+    ("P5", "EAFT learns less of the injected conflict than SFT on the highest injected arm: EAFT - SFT < 0",
+     "injected", "eaft", "sft", INJECTED, -1),
+    ("P6", "SFT's knowledge retention falls with the conflict share: highest injected arm minus natural_notags < 0",
+     "dose", "sft", None, PROBE, -1),
+    ("P7", "EAFT's knowledge retention falls less than SFT's: (EAFT hi - lo) - (SFT hi - lo) > 0", "dose", "eaft",
+     "sft", PROBE, +1),
+]
+
+
+def verdict(value: float | None, se: float | None, sign: int) -> str:
+    """sign +1 / -1: confirmed beyond Z SE in that direction, refuted beyond Z SE against it; sign 0: equivalence."""
+    if value is None or se is None:
+        return "unresolved"
+    if sign == 0:
+        if abs(value) > Z * se:
+            return "refuted"
+        return "confirmed" if abs(value) + Z * se < EQUIVALENCE_MARGIN else "unresolved"
+    if abs(value) <= Z * se:
+        return "unresolved"
+    return "confirmed" if value * sign > 0 else "refuted"
+
+
+def prediction_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_arm: str | None) -> list[dict]:
+    """Each prediction's contrast, per seed then averaged, and its verdict."""
+    def run(arm, method, seed):
+        return next((r for r, c in runs.items() if (c["arm"], c["method"], c["lr"], c["seed"]) ==
+                     (arm, method, main_lr, seed)), None)
+
+    seeds = sorted({c["seed"] for c in runs.values()})
+    out = []
+    for pid, text, kind, m, ref, bench, sign in PREDICTIONS:
+        per_item = bench == PROBE
+        parts = []
+        for s in seeds:
+            if kind == "dose":
+                keys = [(hi_arm, m, +1.0), (LOW_ARM, m, -1.0)]
+                if ref:
+                    keys += [(hi_arm, ref, -1.0), (LOW_ARM, ref, +1.0)]
+            else:
+                arm = "on_policy" if kind == "on_policy" else hi_arm
+                keys = [(arm, m, +1.0), (arm, ref, -1.0)]
+            terms = {run(a, mm, s): c for a, mm, c in keys}
+            if None in terms or hi_arm is None:
+                continue
+            c = contrast(loaded, terms, bench, per_item)
+            if c is not None and bench in (PROBE, INJECTED):
+                c = {**c, "diff": -c["diff"]}  # nll -> log p: retention and learning are log-probability gains
+            parts.append(c)
+        m_ = seed_mean(parts)
+        value, se = (m_["value"], m_["se"]) if m_ else (None, None)
+        out.append({"id": pid, "text": text, "verdict": verdict(value, se, sign), "value": value, "se": se,
+                    "seeds": m_["seeds"] if m_ else 0, "measure": bench})
+    return out
+
+
+# ---- figures ------------------------------------------------------------------------------------------------
+
+def _agg(cells: list[dict], key: str) -> tuple[float, float]:
+    """Mean over seeds, and its error bar: the SE over items for one seed, the std / sqrt(n) over seeds."""
+    vals = [c[key] for c in cells if c[key] is not None]
+    if not vals:
+        return math.nan, math.nan
+    if len(vals) == 1:
+        return vals[0], cells[0].get(key + "_se") or 0.0
+    mean = sum(vals) / len(vals)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+
+
+def group(cells: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for c in cells:
+        out.setdefault((c["arm"], c["method"], c["lr"]), []).append(c)
+    return out
+
+
+def dose_response(arms: list[dict], cells: list[dict], main_lr: float):
+    import matplotlib.pyplot as plt
+
+    from analysis.plotting import method_color, method_name
+
+    share = {a["name"]: 100 * a["measured_conflict_share"] for a in arms}
+    g = group(cells)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "kl_to_base", "drift: KL(tuned || base) per token ↓"),
+                           (axes[1], "knowledge_retention", "knowledge retention: Δ log p of known facts ↑")):
+        for m in dict.fromkeys(c["method"] for c in cells):
+            pts = sorted((share[a], *_agg(g[(a, m, main_lr)], key)) for a in share if (a, m, main_lr) in g)
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, fmt="o-", capsize=3, color=method_color(m), label=method_name(m))
+        ax.set_xlabel("measured confident-conflict share of the training data (%)")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Forgetting vs measured conflict share (lr {main_lr:g}; mean ± SE)")
+    fig.tight_layout()
+    return fig
+
+
+def pareto(arms: list[dict], cells: list[dict]):
+    import matplotlib.pyplot as plt
+
+    from analysis.plotting import method_color, method_name
+
+    g = group(cells)
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.6 * len(arms), 3.6), squeeze=False)
+    for ax, arm in zip(axes[0], [a["name"] for a in arms]):
+        for m in dict.fromkeys(c["method"] for c in cells):
+            pts = sorted((*_agg(g[k], "kl_to_base"), *_agg(g[k], "target_gain")) for k in g if k[:2] == (arm, m))
+            if pts:
+                x, xe, y, ye = zip(*pts)
+                ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o-", capsize=2, color=method_color(m), label=method_name(m))
+        ax.set_title(arm, fontsize=9)
+        ax.set_xlabel("KL to base ↓")
+    axes[0][0].set_ylabel("target gain (NLL/token) ↑")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Target gain vs drift; points of one method joined across learning rates")
+    fig.tight_layout()
+    return fig
+
+
+def open_questions_figure(oq: dict):
+    import matplotlib.pyplot as plt
+
+    rows = oq["rows"]
+    t = [r["temperature"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for k in sorted(int(c.removeprefix("pearson_top")) for c in rows[0] if c.startswith("pearson_top")):
+        axes[0].plot(t, [r[f"pearson_top{k}"] for r in rows], "o-", label=f"top-{k}")
+    axes[0].set_xlabel("softmax temperature")
+    axes[0].set_ylabel("Pearson r with full entropy")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(t, [r["gate_mean"] for r in rows], "o-")
+    axes[1].set_xlabel("softmax temperature")
+    axes[1].set_ylabel("mean EAFT gate")
+    fig.tight_layout()
+    return fig
+
+
+# ---- report -------------------------------------------------------------------------------------------------
+
+def fmt(v, se=None, d=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:+.{d}f}" + (f" ± {se:.{d}f}" if se is not None else "")
+
+
+def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) -> dict:
+    """Write table.md, summary.json and the figures; return their paths."""
+    from analysis.plotting import save
+
+    metrics, out = repo_path(cfg.metrics_dir), repo_path(cfg.out_dir)
+    loaded = {r: load_run(metrics, r) for r in [base, *runs]}
+    cells = []
+    for run, c in runs.items():
+        m = cell_measures(loaded, base, run)
+        cells.append({"run": run, **c, **{k: m[k]["value"] if m[k] else None for k in MEASURES},
+                      **{k + "_se": m[k]["se"] if m[k] else None for k in MEASURES}})
+    main_lr = float(cfg.study_profile.cells[0].lr)
+    injected = [a for a in arms if a["name"].startswith("injected_d")]
+    hi = max(injected, key=lambda a: a["measured_conflict_share"])["name"] if injected else None
+    preds = prediction_values(loaded, runs, main_lr, hi)
+    summary = {"profile": cfg.study_profile.name, "command": cfg.study_profile.command, "model": cfg.model.name,
+               "main_lr": main_lr, "highest_injected_arm": hi,
+               "arms": [{k: a[k] for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")} for a in arms],
+               "cells": cells, "predictions": preds, "open_questions": oq}
+    atomic_write_json(out / "summary.json", summary)
+    lines = [f"# Conflict study ({cfg.study_profile.name}) on {cfg.model.name}", "",
+             (f"Command: `{cfg.study_profile.command}`; every number below was produced by it. Design, predictions "
+              "and decision rules: PREREGISTRATION.md. Machine-readable: summary.json."), "",
+             "## Arms (measured under the base model: H < 0.5 nats and p < 0.1)", "",
+             "| arm | confident-conflict share | examples | supervised tokens |", "|---|---|---|---|"]
+    lines += [f"| {a['name']} | {100 * a['measured_conflict_share']:.2f}% | {a['n_examples']} | {a['n_tokens']} |"
+              for a in arms]
+    lines += ["", "## Cells (paired with the base model; mean over seeds ± SE)", "",
+              ("| arm | method | lr | seeds | target gain ↑ | KL to base ↓ | knowledge retention ↑ | mini acc (%) | "
+               "injected learned |"), "|---|---|---|---|---|---|---|---|---|"]
+    for (arm, method, lr), cs in group(cells).items():
+        vals = [fmt(*_agg(cs, k), d=1 if k == "mini_acc" else 3) for k in MEASURES]
+        lines.append(f"| {arm} | {method} | {lr:g} | {len(cs)} | " + " | ".join(vals) + " |")
+    lines += ["", f"## Predictions (main lr {main_lr:g}; highest injected arm {hi}; decision at {Z:g} SE)", "",
+              "| id | prediction | value ± SE | seeds | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {p['id']} | {p['text']} | {fmt(p['value'], p['se'])} | {p['seeds']} | **{p['verdict']}** |"
+              for p in preds]
+    lines += ["", "## Open questions on the base model (natural arm, temperature-scaled logits)", "",
+              "| T | mean gate | " + " | ".join(k for k in oq["rows"][0] if k.startswith("pearson")) + " |",
+              "|---" * (2 + sum(k.startswith("pearson") for k in oq["rows"][0])) + "|"]
+    lines += [f"| {r['temperature']:g} | {r['gate_mean']:.3f} | "
+              + " | ".join(f"{v:.3f}" for k, v in r.items() if k.startswith("pearson")) + " |" for r in oq["rows"]]
+    fails = oq["top20_fails_from_temperature"]
+    lines += ["", f"Top-20 holds while {oq['criterion']}: " + (f"it fails from T = {fails:g}." if fails is not None
+                                                                else "it holds at every temperature measured.")]
+    atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
+    if cells:
+        save(dose_response(arms, cells, main_lr), out / "dose_response")
+        save(pareto(arms, cells), out / "pareto")
+    save(open_questions_figure(oq), out / "open_questions")
+    print("\n".join(lines), flush=True)
+    return {"table": str(out / "table.md"), "summary": str(out / "summary.json")}
+
+
+def main(cfg) -> dict:
+    """Re-render from results/metrics and <out_dir>/{arms,open_questions}.json, without a model."""
+    from analysis.study import arm_names, base_run_name, evaluated, run_name
+    from analysis.study import cells as all_cells
+
+    out = repo_path(cfg.out_dir)
+    for f in ("arms.json", "open_questions.json"):
+        if not (out / f).exists():
+            raise FileNotFoundError(f"{out / f}: missing; run `{cfg.study_profile.command}` first")
+    runs = {run_name(cfg, c): c for c in all_cells(cfg)}
+    done = {r: c for r, c in runs.items() if evaluated(cfg, r)}
+    arms = [a for a in json.loads((out / "arms.json").read_text()) if a["name"] in arm_names(cfg)]
+    return report(cfg, base_run_name(cfg), done, arms, json.loads((out / "open_questions.json").read_text()))
+
+
+if __name__ == "__main__":
+    import hydra
+
+    hydra.main(config_path="../configs", config_name="study", version_base=None)(main)()
+

@@ -1,0 +1,250 @@
+"""The conflict study's data arms: the same math-mini prompts with responses that differ in one thing, how many
+confident conflicts (low entropy, low probability under the base model) they hold.
+
+    python -m analysis.study study_profile=quick          # builds the arms it needs (analysis/study.py)
+    python -m analysis.study study_profile=full pilot_only=true   # the data-only dose pilot
+
+Arms (every arm has the same rows, in the same order, and about the same number of supervised tokens):
+    on_policy        the base model's own greedy answer to each prompt, at most as many tokens as the reference
+    natural_notags   the reference solution with GSM8K's calculator annotations `<<48/2=24>>` removed
+    natural          the reference solution as the demo trains on it
+    injected_d<dose> natural_notags with confident-token substitution at rate `dose` (below)
+
+Confident-token substitution. One teacher-forced pass of the base model over each natural_notags response gives,
+at every response token y_t, the full-vocabulary entropy H_t and the model's two most likely tokens. A position
+is eligible when the model is confident and agrees with the data (H_t < 0.5 nats, the audit's threshold, and y_t
+is its top-1) and its rank-2 token is an ordinary token. Each eligible position draws one uniform number u_t from
+an RNG seeded by (study seed, row index); it is replaced by the rank-2 token when u_t < dose. The same u_t serve
+every dose. With `min_gap` = g > 0 a token is replaced only when at least g tokens separate it from the previous
+replacement: replacements packed together change the context the model's confidence was measured in, and the
+measured share then saturates (PREREGISTRATION.md, Sec. 6). With g = 0 a higher dose substitutes a superset of a
+lower one's positions. All decisions come from that one pass on the original context; the response is rebuilt by decoding the substituted ids (one token for one token:
+the length is kept up to re-tokenisation). The substituted token has low probability at a low-entropy position:
+a confident conflict by the paper's Sec. 3 definition.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.data import IGNORE_INDEX, ChatCollator, tokenize_chat
+from training.losses import CONFLICT_MAX_ENTROPY, full_entropy
+
+CALCULATOR_TAG = re.compile(r"<<[^<>]*>>")
+
+
+def strip_calculator_tags(text: str) -> str:
+    """GSM8K's `<<a*b=c>>` annotations removed (the result after them stays: `= <<2*3=6>>6` -> `= 6`)."""
+    return CALCULATOR_TAG.sub("", text)
+
+
+def response(row: dict) -> str:
+    return row["messages"][-1]["content"]
+
+
+def with_response(row: dict, text: str) -> dict:
+    """A copy of `row` whose last (assistant) turn says `text`."""
+    if row["messages"][-1]["role"] != "assistant":
+        raise ValueError(f"row {row.get('id')!r}: the last message must be the assistant's answer")
+    out = copy.deepcopy(dict(row))
+    out["messages"][-1]["content"] = text
+    return out
+
+
+def notags_rows(rows: list[dict]) -> list[dict]:
+    return [with_response(r, strip_calculator_tags(response(r))) for r in rows]
+
+
+def content_span(ids: list[int], labels: list[int], eos_id: int) -> tuple[int, int]:
+    """[start, end) of the answer's own tokens in `ids`: the supervised positions before the end-of-turn token
+    (the template's eos and what follows it are never substituted)."""
+    sup = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
+    if not sup:
+        raise ValueError("no supervised token")
+    end = next((i for i in sup if ids[i] == eos_id), sup[-1] + 1)
+    return sup[0], end
+
+
+@torch.no_grad()
+def eligible_positions(logits: torch.Tensor, targets: torch.Tensor, banned: set[int] = frozenset(),
+                       max_entropy: float = CONFLICT_MAX_ENTROPY) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V) predicting targets (N,) -> (eligible (N,) bool, rank-2 token ids (N,)).
+
+    Eligible: full entropy < max_entropy, the target is the top-1 token, and the rank-2 token is not in `banned`
+    (special tokens)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    top2 = logp.topk(2, dim=-1).indices  # (N, 2)
+    ok = (full_entropy(logp) < max_entropy) & (top2[:, 0] == targets)
+    if banned:
+        ok &= ~torch.isin(top2[:, 1], torch.tensor(sorted(banned), device=top2.device))
+    return ok, top2[:, 1]
+
+
+def uniforms(seed: int, index: int, n: int) -> np.ndarray:
+    """The n uniform draws of row `index`: the same on every machine and for every dose."""
+    return np.random.default_rng([seed, index]).random(n)
+
+
+@dataclass
+class Plan:
+    """One row's substitution plan from the single teacher-forced pass: its answer's token ids, and per token
+    whether it is eligible, the rank-2 alternative and the uniform draw."""
+
+    content_ids: list[int]
+    eligible: list[bool]
+    alternative: list[int]
+    u: list[float]
+
+    def substituted(self, dose: float, min_gap: int = 0) -> list[bool]:
+        """Which tokens are replaced: eligible, u < dose, and at least `min_gap` unreplaced tokens after the
+        previous replacement (min_gap > 0 keeps each conflict's context as the base model saw it)."""
+        out, last = [], -(min_gap + 1)
+        for i, (e, u) in enumerate(zip(self.eligible, self.u)):
+            out.append(bool(e and u < dose and i - last > min_gap))
+            last = i if out[-1] else last
+        return out
+
+    def ids(self, dose: float, min_gap: int = 0) -> list[int]:
+        sub = self.substituted(dose, min_gap)
+        return [a if s else t for t, a, s in zip(self.content_ids, self.alternative, sub)]
+
+
+@torch.no_grad()
+def substitution_plans(model, tokenizer, rows: list[dict], seed: int, batch_size: int = 4,
+                       progress: bool = True) -> list[Plan]:
+    """One teacher-forced pass of `model` over every row's last assistant turn -> one Plan per row."""
+    device = next(model.parameters()).device
+    banned = set(tokenizer.all_special_ids)
+    enc = []
+    for r in rows:
+        ids, labels, _ = tokenize_chat(tokenizer, r["messages"], r.get("tools"))
+        enc.append((ids, labels, content_span(ids, labels, tokenizer.eos_token_id)))
+    collate = ChatCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    plans: list[Plan] = []
+    model.eval()
+    for s in tqdm(range(0, len(enc), batch_size), desc="substitution pass", disable=not progress):
+        part = enc[s: s + batch_size]
+        batch = collate([{"input_ids": i, "labels": lab} for i, lab, _ in part])
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits  # (B, T, V)
+        for b, (ids, _, (start, end)) in enumerate(part):
+            pred = logits[b, start - 1: end - 1]  # (n, V): position t - 1 predicts token t
+            target = torch.tensor(ids[start:end], device=pred.device)
+            ok, alt = eligible_positions(pred, target, banned)
+            plans.append(Plan(ids[start:end], ok.tolist(), alt.tolist(),
+                              uniforms(seed, s + b, end - start).tolist()))
+    return plans
+
+
+def injected_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
+                  min_gap: int = 0) -> tuple[list[dict], dict]:
+    """The rows with each plan applied at `dose` (and `min_gap`); counts of eligible and substituted tokens."""
+    if not 0.0 <= dose <= 1.0:
+        raise ValueError(f"dose must be in [0, 1], got {dose}")
+    out, counts = [], {"tokens": 0, "eligible": 0, "substituted": 0}
+    for row, plan in zip(rows, plans, strict=True):
+        sub = plan.substituted(dose, min_gap)
+        counts["tokens"] += len(plan.content_ids)
+        counts["eligible"] += sum(plan.eligible)
+        counts["substituted"] += sum(sub)
+        text = tokenizer.decode(plan.ids(dose, min_gap), clean_up_tokenization_spaces=False) if any(sub) else response(row)
+        out.append(with_response(row, text))
+    return out, counts
+
+
+def reference_lengths(tokenizer, rows: list[dict]) -> list[int]:
+    """Tokens of each row's answer, in context (what on_policy's max_new_tokens is set to)."""
+    out = []
+    for r in rows:
+        ids, labels, _ = tokenize_chat(tokenizer, r["messages"], r.get("tools"))
+        start, end = content_span(ids, labels, tokenizer.eos_token_id)
+        out.append(end - start)
+    return out
+
+
+def on_policy_rows(model, tokenizer, rows: list[dict], budgets: list[int], batch_size: int = 8,
+                   progress: bool = True) -> list[dict]:
+    """The base model's greedy answer to each row's prompt, cut at that row's budget of tokens. A greedy answer
+    cut at n tokens is the first n tokens of a longer greedy answer, so one call with the largest budget serves
+    every row."""
+    from evaluation.generation import generate
+
+    prompts = [r["messages"][:-1] for r in rows]
+    outs = generate((model, tokenizer), prompts, max_new_tokens=max(budgets), batch_size=batch_size,
+                    progress=progress)
+    texts = []
+    for (text,), n in zip(outs, budgets):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        texts.append(text if len(ids) <= n else tokenizer.decode(ids[:n], clean_up_tokenization_spaces=False))
+    return [with_response(r, t) for r, t in zip(rows, texts)]
+
+
+def dose_arm(dose: float) -> str:
+    """injected_d0.15 for dose 0.15: the arm's name carries its nominal dose."""
+    return f"injected_d{dose:g}"
+
+
+# ---- the knowledge probe's candidate facts (data_pipeline/study_facts.jsonl) ------------------------------------
+
+FACT_KEYS = ("id", "subject", "prompt", "answer")
+
+
+def read_facts(path) -> list[dict]:
+    """The candidate facts: JSONL rows {id, kind, subject, prompt, answer}; a bad row is an error naming file:line."""
+    from data_pipeline.files import iter_jsonl
+
+    facts = []
+    for lineno, obj, err in iter_jsonl(path):
+        missing = err or [k for k in FACT_KEYS if not (isinstance(obj, dict) and isinstance(obj.get(k), str))]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: {err or f'missing or non-string keys {missing}'}")
+        facts.append(obj)
+    if not facts:
+        raise ValueError(f"{path}: no facts")
+    return facts
+
+
+def sentences(texts: list[str]) -> list[str]:
+    return [s.lower() for t in texts for s in re.split(r"(?<=[.!?])\s+|\n+", t) if s.strip()]
+
+
+def _word(x: str) -> re.Pattern:
+    return re.compile(r"(?<!\w)" + re.escape(x.lower()) + r"(?!\w)")
+
+
+def fact_in(fact: dict, sents: list[str]) -> bool:
+    """True when some sentence states the fact: it holds the question itself, or both its subject and its answer
+    as whole words ("The capital of France is Paris" does; "Paris has 3 parks" does not)."""
+    q = fact["prompt"].lower().removesuffix(" answer with one word.")
+    subj, ans = _word(fact["subject"]), _word(fact["answer"])
+    return any(q in s or (subj.search(s) and ans.search(s)) for s in sents)
+
+
+def disjoint_facts(facts: list[dict], texts: list[str]) -> tuple[list[dict], list[dict]]:
+    """(facts no text states, facts some text states)."""
+    sents = sentences(texts)
+    kept, dropped = [], []
+    for f in facts:
+        (dropped if fact_in(f, sents) else kept).append(f)
+    return kept, dropped
+
+
+def fact_chat(fact: dict) -> dict:
+    """A probe item as a chat row, scored like the target (evaluation.likelihood.response_nll)."""
+    return {"id": fact["id"], "messages": [{"role": "user", "content": fact["prompt"]},
+                                           {"role": "assistant", "content": fact["answer"]}]}
+
+
+def answer_matches(generated: str, answer: str) -> bool:
+    """The greedy answer is the fact's answer: same words, case and a final full stop ignored."""
+    def norm(s: str) -> str:
+        return " ".join(s.strip().rstrip(".").lower().split())
+
+    return norm(generated) == norm(answer)

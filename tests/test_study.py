@@ -1,0 +1,256 @@
+"""The conflict study (analysis/study.py, data_pipeline/study_data.py): data construction, probe facts, decision
+rules, and the tiny profile end to end."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.study_report import MEASURES, contrast, verdict
+from data_pipeline import study_data as sd
+
+REPO = Path(__file__).resolve().parents[1]
+FACTS = REPO / "data_pipeline" / "study_facts.jsonl"
+
+
+def test_calculator_tags_are_removed_and_nothing_else():
+    text = "14 * 5000 = <<14*5000=70000>>70000.\nThen 70000 * 2 = $<<70000*2=140000>>140000 << no tag"
+    assert sd.strip_calculator_tags(text) == "14 * 5000 = 70000.\nThen 70000 * 2 = $140000 << no tag"
+
+
+def synthetic(n=8, v=6):
+    """Logits (n, v) and targets: even positions confident and right (eligible), odd ones confident and wrong or
+    uncertain (not eligible); the rank-2 token is target + 1 everywhere."""
+    targets = torch.arange(n) % (v - 2)
+    logits = torch.full((n, v), -10.0)
+    for i, t in enumerate(targets.tolist()):
+        logits[i, t + 1] = 2.0                      # rank 2
+        if i % 4 == 0 or i % 4 == 2:
+            logits[i, t] = 12.0                     # confident, agrees with the data
+        elif i % 4 == 1:
+            logits[i, t + 2] = 12.0                 # confident, disagrees: not eligible
+        else:
+            logits[i] = 0.0                         # uniform: high entropy, not eligible
+    return logits, targets
+
+
+def test_eligible_positions_are_confident_agreements_and_the_alternative_is_rank_two():
+    logits, targets = synthetic()
+    ok, alt = sd.eligible_positions(logits, targets)
+    assert ok.tolist() == [i % 2 == 0 for i in range(8)]
+    assert alt[ok].tolist() == (targets[ok] + 1).tolist()
+    ok2, _ = sd.eligible_positions(logits, targets, banned={int(targets[0]) + 1})
+    assert not ok2[0] and ok2[2]                    # a special-token alternative is never substituted
+
+
+def plan_from(logits, targets, seed=0, index=0):
+    ok, alt = sd.eligible_positions(logits, targets)
+    return sd.Plan(targets.tolist(), ok.tolist(), alt.tolist(), sd.uniforms(seed, index, len(targets)).tolist())
+
+
+def test_substitution_changes_only_eligible_positions_nested_in_dose_and_the_conflict_share_rises():
+    logits, targets = synthetic(n=400)
+    plan = plan_from(logits, targets)
+    logp = torch.log_softmax(logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    shares, previous = [], set()
+    for dose in (0.0, 0.1, 0.3, 0.6, 1.0):
+        ids = plan.ids(dose)
+        changed = {i for i, (a, b) in enumerate(zip(ids, plan.content_ids)) if a != b}
+        assert all(plan.eligible[i] for i in changed) and previous <= changed
+        previous = changed
+        p = logp[torch.arange(len(ids)), torch.tensor(ids)].exp()
+        shares.append(float(((entropy < 0.5) & (p < 0.1)).double().mean()))  # the audit's rule, same logits
+    # a quarter of the positions are conflicts already (confident, wrong); each substitution adds one
+    assert shares[0] == 0.25 and shares == sorted(shares)
+    assert shares[-1] == pytest.approx(0.25 + sum(plan.eligible) / 400)
+    assert 0.27 < shares[1] < 0.33                   # about dose x eligible share (0.1 x 0.5) more
+
+
+def test_min_gap_spaces_the_replacements_and_keeps_them_eligible():
+    logits, targets = synthetic(n=200)
+    alt = sd.eligible_positions(logits, targets)[1]
+    plan = sd.Plan(targets.tolist(), [True] * 200, alt.tolist(), sd.uniforms(0, 0, 200).tolist())  # all eligible
+    for gap in (0, 1, 3):
+        at = [i for i, s in enumerate(plan.substituted(1.0, gap)) if s]
+        assert all(b - a > gap for a, b in itertools.pairwise(at)) and len(at) == len(range(0, 200, gap + 1))
+    sparse = plan_from(logits, targets)
+    assert 0 < sum(sparse.substituted(1.0, 2)) < sum(sparse.substituted(1.0)) == sum(sparse.eligible)
+    assert all(sparse.eligible[i] for i, s in enumerate(sparse.substituted(1.0, 2)) if s)
+
+
+def test_data_construction_is_deterministic():
+    logits, targets = synthetic(n=64)
+    a, b = plan_from(logits, targets, seed=3, index=5), plan_from(logits, targets, seed=3, index=5)
+    assert a == b and a.ids(0.5) == b.ids(0.5)
+    assert plan_from(logits, targets, seed=3, index=6).u != a.u   # each row its own draws
+
+    class Tok:
+        def decode(self, ids, **_):
+            return " ".join(map(str, ids))
+
+    row = {"id": "r", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x <<1+1=2>>2"}]}
+    rows = sd.notags_rows([row])
+    assert rows[0]["messages"][-1]["content"] == "x 2" and row["messages"][-1]["content"] == "x <<1+1=2>>2"
+    one = json.dumps(sd.injected_rows(rows, [a], Tok(), 0.5))
+    assert one == json.dumps(sd.injected_rows(rows, [b], Tok(), 0.5))
+    with pytest.raises(ValueError, match="dose"):
+        sd.injected_rows(rows, [a], Tok(), 1.5)
+
+
+def test_the_committed_facts_are_well_formed_and_the_disjointness_rule_catches_statements():
+    facts = sd.read_facts(FACTS)
+    assert len(facts) >= 200
+    assert len({f["id"] for f in facts}) == len(facts) and len({f["prompt"] for f in facts}) == len(facts)
+    paris = next(f for f in facts if f["answer"] == "Paris")
+    texts = ["Tom went to Paris. He bought 3 apples.", "The capital of France is Paris, she said."]
+    kept, dropped = sd.disjoint_facts(facts, texts)
+    assert paris in dropped and len(kept) == len(facts) - len(dropped)
+    assert paris in sd.disjoint_facts([paris], texts[:1])[0]  # the answer alone is no statement of the fact
+    assert sd.answer_matches(" paris.", "Paris") and not sd.answer_matches("The capital is Paris", "Paris")
+
+
+def test_facts_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "facts.jsonl"
+    bad.write_text('{"id": "a", "subject": "x", "prompt": "q", "answer": "y"}\n{"id": "b", "prompt": "q"}\n')
+    with pytest.raises(ValueError, match=r"facts.jsonl:2: .*subject"):
+        sd.read_facts(bad)
+
+
+def result(tmp, run, values, tokens=None):
+    items = tmp / run / "items" / "b.jsonl"
+    items.parent.mkdir(parents=True, exist_ok=True)
+    items.write_text("".join(json.dumps({"id": str(i), "nll_sum": v, "tokens": (tokens or [1] * len(values))[i]})
+                             + "\n" for i, v in enumerate(values)))
+    return {"run": run, "benchmark": "b", "metric": "nll", "items_file": str(items)}
+
+
+def test_contrasts_are_paired_over_items_and_verdicts_follow_the_rule(tmp_path):
+    loaded = {"a": {"b": result(tmp_path, "a", [1.0, 2.0, 3.0], [1, 2, 1])},
+              "c": {"b": result(tmp_path, "c", [2.0, 3.0, 4.5], [1, 2, 1])}}
+    c = contrast(loaded, {"c": 1.0, "a": -1.0}, "b")
+    assert c["diff"] == pytest.approx(3.5 / 4) and c["n"] == 3
+    assert contrast(loaded, {"c": 1.0, "a": -1.0}, "b", per_item=True)["diff"] == pytest.approx(3.5 / 3)
+    assert contrast(loaded, {"c": 1.0, "missing": -1.0}, "b") is None
+    assert verdict(0.5, 0.1, +1) == "confirmed" and verdict(-0.5, 0.1, +1) == "refuted"
+    assert verdict(0.1, 0.1, -1) == "unresolved" and verdict(None, None, -1) == "unresolved"
+    assert verdict(0.001, 0.002, 0) == "confirmed" and verdict(0.05, 0.01, 0) == "refuted"
+
+
+def compose(*overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "configs"), version_base=None):
+        return hydra_compose("study", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("study_profile.arms=[natural,teacher]", "arms .*teacher"),
+    ("study_profile.doses=[0.2,1.5]", "doses"),
+    ("study_profile.cells=[{methods:[sft,nope],lr:1e-4,seeds:[0]}]", "configs/method/nope.yaml"),
+])
+def test_a_bad_config_is_refused_before_any_model_loads(override, message):
+    from analysis.study import check_config
+
+    with pytest.raises(ValueError, match=message):
+        check_config(compose("model=tiny", "data=tiny", "study_profile=tiny", override))
+
+
+def test_the_full_profile_holds_the_preregistered_cells():
+    from analysis.study import arm_names, cells
+
+    cfg = compose("study_profile=full")
+    got = cells(cfg)
+    assert len(arm_names(cfg)) == 5 and len(got) == 5 * (2 * 3 + 2 + 2)
+    main = [c for c in got if c["lr"] == 2e-4 and c["method"] in ("sft", "eaft")]
+    assert {c["seed"] for c in main} == {0, 1, 2}
+    quick = compose("study_profile=quick")
+    assert arm_names(quick)[-1] == arm_names(cfg)[-1] and {c["method"] for c in cells(quick)} == {"sft", "eaft"}
+
+
+def test_substituted_logprobs_reads_the_right_positions():
+    from analysis.study import substituted_logprobs
+    from training.data import tokenize_chat
+    from training.models import load_model, load_tokenizer
+
+    mcfg = compose("model=tiny").model
+    torch.manual_seed(0)
+    tok = load_tokenizer(mcfg)
+    model = load_model(mcfg, tok).eval()
+    row = {"messages": [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5, so 5."}]}
+    ids = tokenize_chat(tok, row["messages"])[0]
+    pos = [len(ids) - 4, len(ids) - 3]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+    want = float(logp[pos[0] - 1, ids[pos[0]]] + logp[pos[1] - 1, ids[pos[1]]])
+    assert substituted_logprobs(model, tok, [row], [pos]) == [pytest.approx(want, abs=1e-5)]
+
+
+def run_study(tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={tmp / 'report'}", f"runs_dir={tmp / 'runs'}",
+            f"work_dir={tmp / 'work'}", f"metrics_dir={tmp / 'metrics'}"]
+    proc = subprocess.run([sys.executable, "-m", "analysis.study", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def test_the_tiny_profile_end_to_end_and_resumed(tmp_path):
+    run_study(tmp_path)
+    out = tmp_path / "report"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["name"] for a in summary["arms"]] == ["natural", "injected_d1"]
+    for a in summary["arms"]:
+        assert set(a) == {"name", "measured_conflict_share", "n_examples", "n_tokens"} and a["n_tokens"] > 0
+    assert len(summary["cells"]) == 4
+    for c in summary["cells"]:
+        assert {"arm", "method", "lr", "seed", *MEASURES} <= set(c)
+        assert c["target_gain"] is not None and c["kl_to_base"] > 0 and c["knowledge_retention"] is not None
+    assert {p["id"] for p in summary["predictions"]} >= {"P1", "P2", "P4", "P5"}
+    assert all(set(p) >= {"id", "text", "verdict", "value", "se"} and p["verdict"] in
+               ("confirmed", "refuted", "unresolved") for p in summary["predictions"])
+    for f in ("table.md", "dose_response.png", "pareto.png", "open_questions.png"):
+        assert (out / f).stat().st_size > 0, f
+    # the probe is disjoint from every arm's texts and from the held-out target
+    probe = [json.loads(x) for x in (tmp_path / "work" / "probe.jsonl").read_text().splitlines()]
+    facts = {f["id"]: f for f in sd.read_facts(FACTS)}
+    texts = [m["content"] for p in (tmp_path / "work" / "arms").glob("*.jsonl")
+             for r in map(json.loads, p.read_text().splitlines()) for m in r["messages"]]
+    assert probe and not sd.disjoint_facts([facts[r["id"]] for r in probe], texts)[1]
+    again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
+    assert again.stdout.count("already trained") == 4 and "[train]" not in again.stdout
+    (out / "table.md").unlink()  # the report re-renders from the metrics alone
+    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}",
+            f"work_dir={tmp_path / 'work'}"]
+    proc = subprocess.run([sys.executable, "-m", "analysis.study_report", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| injected_d1 | eaft |" in (out / "table.md").read_text()
+
+
+def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path, monkeypatch):
+    from analysis import study
+    from analysis.study import main
+
+    cfg = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
+                  f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}")
+    main(cfg)
+    pilot = json.loads((tmp_path / "r" / "pilot.json").read_text())
+    assert list(pilot["arms"]) == ["natural_notags", "injected_d0.5", "injected_d1", "natural", "on_policy"]
+    assert all(0 <= a["measured_conflict_share"] <= 1 and a["n_tokens"] > 0 for a in pilot["arms"].values())
+    assert pilot["data_sha256"] and not (tmp_path / "runs" / "study-tiny-natural-sft-lr0.003-s0").exists()
+    again = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
+                    f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}", "study_profile.pilot_doses=[1.0,0.25]")
+    measured = []
+    share = study.conflict_share
+    monkeypatch.setattr(study, "conflict_share", lambda *a: measured.append(1) or share(*a))
+    after = main(again)["arms"]
+    assert {k: after[k] for k in pilot["arms"]} == pilot["arms"] and list(after)[-1] == "injected_d0.25"
+    assert len(measured) == 1  # only the new dose: a resumed pilot measures nothing twice
