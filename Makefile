@@ -16,7 +16,7 @@ RUN ?=
 EXP ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup assets data eval-data precompute train experiments eval tables figures audit demo bench test \
+.PHONY: setup assets data eval-data precompute train experiments eval tables figures audit demo study bench test \
         test-slow test-ci vllm-venv bfcl-venv lint clean help
 
 help:
@@ -69,6 +69,9 @@ audit: $(STAMP) ## confident-conflict audit of a data set: make audit MODEL=smol
 
 demo: $(STAMP) ## the embedded default: SFT vs EAFT on SmolLM2-135M, CPU; FULL=1 for every method x 3 seeds
 	$(PY) -m analysis.demo $(if $(FULL),demo_profile=full,) $(ARGS)
+
+study: $(STAMP) ## the conflict study: make study [PROFILE=quick|tiny] [ARGS=reuse_kept=true] (results/study/)
+	$(PY) -m analysis.study study_profile=$(or $(PROFILE),full) $(ARGS)
 
 bench: $(STAMP) ## loss kernels: time and peak memory vs plain CE
 	$(PY) -m training.bench $(ARGS)

@@ -9,14 +9,14 @@ gate remove that effect? SmolLM2-135M on the CPU, offline. Design and prediction
 
 Stages, each cached on disk, so a killed run resumes and a finished cell is never rerun:
   1. check     the config (arms, doses, methods, learning rates, seeds), before any model loads
-  2. arms      the training files of every arm (data_pipeline/study_data.py) under <work_dir>, and each arm's
+  2. arms      the training files of every arm (analysis/study_data.py) under <work_dir>, and each arm's
                measured confident-conflict share under the base model (<out_dir>/arms.json)
-  3. probe     the knowledge probe: candidate facts (data_pipeline/study_facts.jsonl) that no arm or held-out text
+  3. probe     the knowledge probe: candidate facts (analysis/study_facts.jsonl) that no arm or held-out text
                states, kept when the base model answers them greedily and correctly with p >= min_prob
   4. open      the paper's open questions on the base model: EAFT gate and top-K vs full entropy as the softmax
                temperature rises (<out_dir>/open_questions.json)
   5. cells     train (training.train) and evaluate (evaluation.evaluate + injected_learned) every arm x method x
-               lr x seed; runs/study-<profile>-<arm>-<method>-lr<lr>-s<seed>
+               lr x seed; runs/study-<profile>-<arm>-lr<lr>-<method>-s<seed>
   6. report    <out_dir>/{table.md, summary.json, dose_response.png, pareto.png} (analysis/study_report.py)
 """
 
@@ -27,21 +27,21 @@ import math
 import time
 from pathlib import Path
 
-from analysis.demo import (
-    Timer,
-    compose_cfg,
-    drop_checkpoints,
-    finished,
-    group_done,
-    keep_logs,
-    same_config,
-    use_bf16,
+from analysis import study_data as sd
+from analysis.demo import Timer, drop_checkpoints, finished, keep_logs, same_config, use_bf16
+from analysis.demo_runs import compose_cfg, group_done
+from analysis.study_runs import (
+    INJECTED_LEARNED,
+    arm_names,
+    base_run_name,
+    cells,
+    evaluated,
+    run_name,
+    run_prefix,
 )
-from data_pipeline import study_data as sd
-from data_pipeline.files import atomic_write_json, atomic_write_jsonl, repo_path, repo_relative, sha256_file
+from common.files import atomic_write_json, atomic_write_jsonl, repo_path, repo_relative, sha256_file
 
 METHODS_DIR = repo_path("configs/method")
-INJECTED_LEARNED = "injected_learned"
 
 
 # ---- 1. check -----------------------------------------------------------------------------------------------
@@ -71,29 +71,14 @@ def check_config(cfg) -> None:
             raise FileNotFoundError(f"{f}: missing (named by {where} or configs/study.yaml)")
 
 
-def arm_names(cfg) -> list[str]:
-    return [*cfg.study_profile.arms, *[sd.dose_arm(float(d)) for d in cfg.study_profile.doses]]
 
 
-def cells(cfg) -> list[dict]:
-    """Every (arm, method, lr, seed) of the profile, seeds outermost so that a partial run covers every arm."""
-    out = []
-    seeds = sorted({s for c in cfg.study_profile.cells for s in c.seeds})
-    for seed in seeds:
-        for arm in arm_names(cfg):
-            for c in cfg.study_profile.cells:
-                for m in c.methods:
-                    if seed in c.seeds:
-                        out.append({"arm": arm, "method": m, "lr": float(c.lr), "seed": int(seed)})
-    return out
 
 
-def run_name(cfg, cell: dict) -> str:
-    return f"study-{cfg.study_profile.name}-{cell['arm']}-{cell['method']}-lr{cell['lr']:g}-s{cell['seed']}"
 
 
-def base_run_name(cfg) -> str:
-    return f"study-{cfg.study_profile.name}-base"
+
+
 
 
 # ---- 2. arms ------------------------------------------------------------------------------------------------
@@ -108,7 +93,7 @@ class Base:
         if self._pair is None:
             import torch
 
-            from training.models import load_model, load_tokenizer
+            from common.models import load_model, load_tokenizer
 
             torch.manual_seed(self.cfg.seed)  # a from_config model is the same on every call
             tok = load_tokenizer(self.cfg.model)
@@ -139,7 +124,7 @@ def prompt_rows(cfg) -> list[dict]:
 
 def on_policy(cfg, base: Base, rows: list[dict]) -> list[dict]:
     """The base model's answers, cached by model and data: generated once, reused by every profile and sitting."""
-    from data_pipeline.files import sha256_json
+    from common.files import sha256_json
 
     key = sha256_json([cfg.model.get("name_or_path"), cfg.model.name, rows])[:16]
     cache = repo_path(cfg.runs_dir) / "_study" / "cache" / f"on_policy-{cfg.model.name}-{key}.jsonl"
@@ -255,7 +240,7 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     key = {"model": cfg.model.name, "facts_sha256": sha256_file(repo_path(cfg.facts_file)),
            "probe": dict(cfg.study_profile.probe)}
     if not (out.exists() and info.exists() and json.loads(info.read_text())["key"] == key):
-        from evaluation.generation import generate
+        from common.generation import generate
 
         pc = cfg.study_profile.probe
         kept, dropped = sd.disjoint_facts(facts, texts)
@@ -331,7 +316,8 @@ def open_questions(cfg, base: Base, natural: Path) -> dict:
 def train_cfg(cfg, cell: dict, train_file: Path, bf16: bool):
     t = cfg.study_profile.train
     overrides = [f"model={cfg.model.name}", f"data={cfg.data.name}", f"method={cell['method']}", "trainer=cpu",
-                 f"seed={cell['seed']}", f"run_name={run_name(cfg, cell)}",
+                 f"seed={cell['seed']}", f"run_prefix={run_prefix(cfg, cell)}",
+                 f"profile=study-{cfg.study_profile.name}",
                  f"out_dir={repo_relative(repo_path(cfg.runs_dir))}", f"data.train_file={repo_relative(train_file)}",
                  f"data.max_length={t.max_length}", f"trainer.bf16={str(bf16).lower()}",
                  f"trainer.learning_rate={cell['lr']}", *[f"trainer.{k}={v}" for k, v in t.trainer.items()]]
@@ -374,12 +360,6 @@ def eval_groups(cfg, probe_file: Path) -> list[dict]:
     return out
 
 
-def evaluated(cfg, name: str) -> bool:
-    from omegaconf import OmegaConf
-
-    metrics = repo_path(cfg.metrics_dir) / name
-    return (all(group_done(metrics, OmegaConf.create(g)) for g in cfg.study_profile.eval.groups)
-            and (metrics / f"{INJECTED_LEARNED}.json").exists())
 
 
 def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool) -> None:
@@ -446,8 +426,8 @@ def substituted_logprobs(model, tok, rows: list[dict], positions: list[list[int]
 def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, positions) -> None:
     """<metrics_dir>/<name>/injected_learned.json: log p of the substituted held-out tokens, per item, in the
     items layout the paired report reads (nll_sum = -sum log p, tokens = substituted tokens)."""
+    from common.generation import load_for_generation
     from evaluation.evaluate import resolve_model
-    from evaluation.generation import load_for_generation
     from evaluation.likelihood import ratio_stats
 
     d = repo_path(cfg.metrics_dir) / name

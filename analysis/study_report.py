@@ -20,7 +20,7 @@ import json
 import math
 
 from analysis.demo_report import item_pairs, load_run
-from data_pipeline.files import atomic_write_json, atomic_write_text, repo_path
+from common.files import atomic_write_json, atomic_write_text, repo_path
 from evaluation.likelihood import ratio_stats
 
 TARGET, DRIFT, PROBE, INJECTED = "target_nll", "general_kl", "knowledge_nll", "injected_learned"
@@ -285,8 +285,8 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
 
 def main(cfg) -> dict:
     """Re-render from results/metrics and <out_dir>/{arms,open_questions}.json, without a model."""
-    from analysis.study import arm_names, base_run_name, evaluated, run_name
-    from analysis.study import cells as all_cells
+    from analysis.study_runs import arm_names, base_run_name, evaluated, run_name
+    from analysis.study_runs import cells as all_cells
 
     out = repo_path(cfg.out_dir)
     for f in ("arms.json", "open_questions.json"):

@@ -1,4 +1,4 @@
-"""The conflict study (analysis/study.py, data_pipeline/study_data.py): data construction, probe facts, decision
+"""The conflict study (analysis/study.py, analysis/study_data.py): data construction, probe facts, decision
 rules, and the tiny profile end to end."""
 
 import itertools
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from analysis import study_data as sd
 from analysis.study_report import MEASURES, contrast, verdict
-from data_pipeline import study_data as sd
 
 REPO = Path(__file__).resolve().parents[1]
-FACTS = REPO / "data_pipeline" / "study_facts.jsonl"
+FACTS = REPO / "analysis" / "study_facts.jsonl"
 
 
 def test_calculator_tags_are_removed_and_nothing_else():
@@ -176,8 +176,8 @@ def test_the_full_profile_holds_the_preregistered_cells():
 
 def test_substituted_logprobs_reads_the_right_positions():
     from analysis.study import substituted_logprobs
+    from common.models import load_model, load_tokenizer
     from training.data import tokenize_chat
-    from training.models import load_model, load_tokenizer
 
     mcfg = compose("model=tiny").model
     torch.manual_seed(0)
@@ -245,7 +245,7 @@ def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_pa
     pilot = json.loads((tmp_path / "r" / "pilot.json").read_text())
     assert list(pilot["arms"]) == ["natural_notags", "injected_d0.5", "injected_d1", "natural", "on_policy"]
     assert all(0 <= a["measured_conflict_share"] <= 1 and a["n_tokens"] > 0 for a in pilot["arms"].values())
-    assert pilot["data_sha256"] and not (tmp_path / "runs" / "study-tiny-natural-sft-lr0.003-s0").exists()
+    assert pilot["data_sha256"] and not (tmp_path / "runs" / "study-tiny-natural-lr0.003-sft-s0").exists()
     again = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
                     f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}", "study_profile.pilot_doses=[1.0,0.25]")
     measured = []

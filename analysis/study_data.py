@@ -174,7 +174,7 @@ def on_policy_rows(model, tokenizer, rows: list[dict], budgets: list[int], batch
     """The base model's greedy answer to each row's prompt, cut at that row's budget of tokens. A greedy answer
     cut at n tokens is the first n tokens of a longer greedy answer, so one call with the largest budget serves
     every row."""
-    from evaluation.generation import generate
+    from common.generation import generate
 
     prompts = [r["messages"][:-1] for r in rows]
     outs = generate((model, tokenizer), prompts, max_new_tokens=max(budgets), batch_size=batch_size,
@@ -191,14 +191,14 @@ def dose_arm(dose: float) -> str:
     return f"injected_d{dose:g}"
 
 
-# ---- the knowledge probe's candidate facts (data_pipeline/study_facts.jsonl) ------------------------------------
+# ---- the knowledge probe's candidate facts (analysis/study_facts.jsonl) ------------------------------------
 
 FACT_KEYS = ("id", "subject", "prompt", "answer")
 
 
 def read_facts(path) -> list[dict]:
     """The candidate facts: JSONL rows {id, kind, subject, prompt, answer}; a bad row is an error naming file:line."""
-    from data_pipeline.files import iter_jsonl
+    from common.files import iter_jsonl
 
     facts = []
     for lineno, obj, err in iter_jsonl(path):
