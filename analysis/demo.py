@@ -28,7 +28,14 @@ from pathlib import Path
 
 from analysis.demo_report import report
 from analysis.demo_runs import base_run_name, compose_cfg, evaluated, run_name, run_prefix
-from common.files import atomic_path, atomic_write_json, atomic_write_text, repo_path, repo_relative
+from common.files import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    repo_path,
+    repo_relative,
+)
 
 
 class Timer:
@@ -262,6 +269,20 @@ def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: b
         eval_main(compose_cfg("eval", overrides))
 
 
+def base_answers(cfg, name: str) -> dict[str, str]:
+    """general_kl's greedy base-model answers as evaluated for run `name` ({} when it has none)."""
+    path = repo_path(cfg.metrics_dir) / name / "items" / "general_kl.jsonl"
+    return {r["id"]: r["base_answer"] for r in read_jsonl(path)} if path.exists() else {}
+
+
+def differing_base_answers(cfg, base: str, names: list[str]) -> list[str]:
+    """The runs whose general_kl base answers are not the base evaluation's. Each evaluation regenerates the base
+    model's greedy answers, and greedy decoding is not bit-stable across CPUs (bf16 kernels) or library versions: a
+    base evaluation made on another machine pairs with fresh runs over different answer tokens."""
+    ref = base_answers(cfg, base)
+    return [n for n in names if (a := base_answers(cfg, n)) and any(ref.get(k) != v for k, v in a.items())]
+
+
 def main(cfg) -> dict:
     repo_path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     timer = Timer(repo_path(cfg.out_dir) / "timing.json")
@@ -294,6 +315,16 @@ def main(cfg) -> dict:
                 keep_logs(cfg, run_dir)
             with timer(f"evaluate {name}"):
                 evaluate(cfg, str(run_dir), name, bf16, timer, fresh)
+    if differing_base_answers(cfg, base, list(runs)):
+        print(f"[demo] {base}: its general_kl base answers differ from this invocation's runs' (evaluated on "
+              "another machine or library version): evaluating the base model again", flush=True)
+        with timer("evaluate the base model again"):
+            evaluate(cfg, cfg.model.name, base, bf16, timer, fresh=True)
+    stale = differing_base_answers(cfg, base, list(runs))
+    if stale:
+        raise RuntimeError(f"general_kl: the base model's answers in {stale} (kept from an earlier invocation, "
+                           f"reuse_kept=true) differ from {base}'s, so they cannot be paired; run without "
+                           "reuse_kept=true to retrain and evaluate them on this machine")
     with timer("report"):
         out = report(cfg, base, runs, mech, timer.stages)
     timer.stages["total (this invocation)"] = round(time.time() - t_all, 1)

@@ -67,7 +67,9 @@ def paired_difference(a: dict, b: dict, which: str | None = None) -> dict:
     if len(common) < 2:
         raise ValueError(f"{a['run']} and {b['run']} share {len(common)} items on {a['benchmark']}")
     if any(pa[k][1] != pb[k][1] for k in common):
-        raise ValueError(f"{a['benchmark']}: token counts differ between {a['run']} and {b['run']}")
+        raise ValueError(f"{a['benchmark']}: token counts differ between {a['run']} and {b['run']} (for general_kl: "
+                         "their base-model answers were generated on different machines or library versions; "
+                         "evaluate both on one machine)")
     st = ratio_stats([pb[k][0] - pa[k][0] for k in common], [pa[k][1] for k in common])
     return {"diff": st["value"], "stderr": st["stderr"], "n": st["n"]}
 

@@ -166,3 +166,23 @@ def test_a_method_that_failed_to_learn_is_named_under_the_figure_not_drawn():
 
     learned = gain_drift_figure(df[df.method != "talr"], "t")  # nothing failed: no note
     assert not any(t.get_text().startswith("Not drawn") for t in learned.texts)
+
+
+def test_a_base_evaluation_from_another_machine_is_detected(tmp_path):
+    """general_kl pairs each run with the base over the base model's greedy answers, which every evaluation
+    regenerates: a base evaluated elsewhere (other CPU kernels) must be re-evaluated, not paired."""
+    from types import SimpleNamespace
+
+    from analysis.demo import differing_base_answers
+
+    def items(name, answers):
+        d = tmp_path / name / "items"
+        d.mkdir(parents=True)
+        (d / "general_kl.jsonl").write_text("".join(json.dumps({"id": k, "base_answer": v}) + "\n"
+                                                    for k, v in answers.items()))
+
+    items("base", {"1": "Paris.", "2": "Four."})
+    items("same", {"1": "Paris.", "2": "Four."})
+    items("other", {"1": "Paris.", "2": "Four, I think."})
+    cfg = SimpleNamespace(metrics_dir=str(tmp_path))
+    assert differing_base_answers(cfg, "base", ["same", "other", "not-evaluated"]) == ["other"]
