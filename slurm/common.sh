@@ -42,7 +42,9 @@ if [[ -n "${EAFT_TASKS:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
         echo "[eaft] $EAFT_TASKS line $((SLURM_ARRAY_TASK_ID + 1)) is not shell-quoted arguments: $line" >&2
         exit 2
     fi
-    mapfile -d '' -t TASK_ARGS < <(printf '%s' "$line" | xargs -r printf '%s\0')
+    while IFS= read -r -d '' arg; do  # a read loop, not `mapfile -d`: that needs bash 4.4 (RHEL 7 has 4.2)
+        TASK_ARGS+=("$arg")
+    done < <(printf '%s' "$line" | xargs -r printf '%s\0')
 fi
 
 eaft_banner() {

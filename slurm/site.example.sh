@@ -2,8 +2,7 @@
 # at another file. submit.py sources it before calling sbatch, and every job sources it again when it starts
 # (slurm/common.sh), so this is the one place for partitions, accounts, time limits, modules and containers.
 #   cp slurm/site.example.sh slurm/site.local.sh && $EDITOR slurm/site.local.sh
-#   python slurm/submit.py --data math --models qwen3-4b --methods sft,eaft --suite table1 \
-#       --train-args "trainer=paper deepspeed=zero3 global_batch_size=64"   # trainer=paper is also the default
+#   python slurm/submit.py --experiments table1-sft,table1-eaft --gpus-per-node 8   (configs/experiment/)
 
 # --- sbatch defaults: sbatch reads SBATCH_* from the environment (sbatch(1), "INPUT ENVIRONMENT VARIABLES") ---
 export SBATCH_PARTITION=gpu

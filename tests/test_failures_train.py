@@ -189,3 +189,15 @@ def test_case7_evaluation_takes_the_newest_complete_checkpoint(finished, tmp_pat
     assert f"skipping {run_dir / 'checkpoint-8'}" in capsys.readouterr().err
     with pytest.raises(ValueError, match="checkpoint-8 is not a complete checkpoint: model.safetensors has"):
         resolve_model(str(run_dir / "checkpoint-8"))
+
+
+def test_case3_a_run_saved_before_the_naming_metadata_existed_still_resumes():
+    """Runs started before run_prefix / profile / suite / data.domain were composed must resume: those keys only
+    name or label a run. A changed training key is still a difference."""
+    from training.guards import config_differences
+
+    old = {"seed": 1, "data": {"name": "math"}, "trainer": {"learning_rate": 1e-5}}
+    new = {"seed": 1, "data": {"name": "math", "domain": "math"}, "trainer": {"learning_rate": 1e-5},
+           "run_prefix": "qwen3-4b-math", "profile": "paper", "suite": "table1"}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "seed": 2}) == ["seed: 1 -> 2"]

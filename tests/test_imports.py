@@ -119,3 +119,19 @@ def test_no_import_cycles():
     g = graph()
     found = cycles(g)
     assert not found, "\n".join(f"cycle {c}: {describe(c, g)}" for c in found)
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp makes 0600 files; results written atomically must stay readable by the group, as open() makes them."""
+    import os
+
+    from common.files import atomic_path, atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_path(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"x")
+    mode = os.stat(plain).st_mode & 0o777
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == mode
+    assert os.stat(tmp_path / "b.bin").st_mode & 0o777 == mode

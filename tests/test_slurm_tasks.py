@@ -48,3 +48,21 @@ def test_a_hand_written_line_is_split_into_words_and_never_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\0")[:-1] == ["seed=1", "x=$(touch", f"{marker})", "y=$HOME"]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("args, stops", [
+    (["model=qwen3-4b", "method=eaft", "data=math"], True),
+    (["model=qwen3-4b", "method=eaft", "data=math", "trainer=paper"], False),
+    (["experiment=table1-eaft"], False),
+])
+def test_a_training_job_without_a_trainer_stops_before_it_starts(tmp_path, args, stops):
+    """train.sbatch refuses to compose configs/train.yaml's CPU test trainer on a cluster by default."""
+    env = {"PATH": str(tmp_path) + ":/usr/bin:/bin", "HOME": str(tmp_path), "EAFT_SITE": str(tmp_path / "none.sh")}
+    (tmp_path / "scontrol").write_text("#!/bin/sh\nexit 42\n")  # reached only when the check let the job through
+    (tmp_path / "scontrol").chmod(0o755)
+    proc = subprocess.run(["bash", "slurm/train.sbatch", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=False)
+    if stops:
+        assert proc.returncode == 2 and "name the trainer" in proc.stderr, proc.stderr
+    else:
+        assert "name the trainer" not in proc.stderr

@@ -28,6 +28,8 @@ RESUMABLE_KEYS = (
     "trainer.logging_steps", "trainer.save_steps", "trainer.save_total_limit", "trainer.disable_tqdm",
     "trainer.dataloader_num_workers", "trainer.dataloader_pin_memory", "trainer.gradient_checkpointing",
     "trainer.report_to",
+    # metadata that names or labels the run without changing what it trains (added after runs without them)
+    "run_prefix", "profile", "suite", "data.domain",
 )
 
 

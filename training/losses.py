@@ -28,8 +28,9 @@ Paper map (arXiv 2601.02151; docs/paper.md "Method" and "Baselines"):
     Sec. 3.2   pilot mask: drop H_topK <= tau_q AND p <= pi_q              masked_sft_gate(mode="entropy_and_prob")
     Sec. 3     confident conflict: low entropy and low p                   CONFLICT_MAX_*, token_sums
     Fig. 6     top-K entropy against the full entropy                      topk_entropy, full_entropy
-    Table 1    baselines SFT, DFT, TALR, MiLe, FLOW, SFT-KL               sft_gate, dft_gate, talr_gate, mile_gate,
-               (definitions from their own papers: docs/paper.md "Baselines")   flow_gate, sft_kl_loss
+    Table 1    baselines SFT, DFT, TALR, FLOW, SFT-KL                     sft_gate, dft_gate, talr_gate, flow_gate,
+               (definitions from their own papers: docs/paper.md "Baselines")   sft_kl_loss
+    (ours)     MiLe, not in the paper: an entropy-weighted baseline           mile_gate
     code       sum_t w_t CE_t / N, N over the whole GA window, gate detached   denominator, gated_ce
                (the authors' released loss, not stated in the paper text)
 
