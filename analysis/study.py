@@ -418,17 +418,21 @@ def train(cfg, cell: dict, train_file: Path, bf16: bool, timer: Timer) -> tuple[
     return run_dir, True
 
 
-def reusable_kept(cfg, cell: dict, train_file: Path, bf16: bool) -> bool:
+def reusable_kept(cfg, cell: dict, train_file: Path, bf16: bool, probe_file: Path) -> bool:
     """reuse_kept=true: the committed log (<out_dir>/runs/<run>/) finished with this config, on the bytes the arm
-    file holds now, and every measure is in <metrics_dir>/<run>/. A kept run trained on other data is retrained
-    (the reason is printed), never mixed in."""
+    file holds now, and every measure is in <metrics_dir>/<run>/, its knowledge items over the current probe. A
+    kept run trained on other data or scored on other facts is retrained (the reason is printed), never mixed in."""
     name = run_name(cfg, cell)
     kept = repo_path(cfg.out_dir) / "runs" / name
     if not (finished(kept) and same_config(kept, train_cfg(cfg, cell, train_file, bf16)) and evaluated(cfg, name)):
         return False
-    if data_differs(kept, train_file):
-        print(f"[study] {name}: the kept run was trained on other data than {repo_relative(train_file)} holds now "
-              "(the arm was rebuilt with different bytes): training it again", flush=True)
+    why = (f"on other data than {repo_relative(train_file)} holds now (the arm was rebuilt with different bytes)"
+           if data_differs(kept, train_file) else None)
+    scores_probe = any("knowledge_nll" in g.benchmarks for g in cfg.study_profile.eval.groups)
+    if why is None and scores_probe and not probe_items_match(repo_path(cfg.metrics_dir) / name, probe_file):
+        why = f"and evaluated on other probe facts than {repo_relative(probe_file)}"
+    if why:
+        print(f"[study] {name}: the kept run was trained {why}: training it again", flush=True)
         return False
     return True
 
@@ -455,10 +459,21 @@ def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool, fres
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(g['benchmarks'])}]",
                      f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *g["overrides"]]
-        if fresh or not group_done(repo_path(cfg.metrics_dir) / name, _ns(g)):
+        metrics = repo_path(cfg.metrics_dir) / name
+        stale = "knowledge_nll" in g["benchmarks"] and not probe_items_match(metrics, probe_file)
+        if fresh or stale or not group_done(metrics, _ns(g)):
             eval_main(compose_cfg("eval", overrides))
             if "knowledge_nll" in g["benchmarks"]:
                 fact_item_ids(repo_path(cfg.metrics_dir) / name, probe_file)
+
+
+def probe_items_match(metrics: Path, probe_file: Path) -> bool:
+    """The run's knowledge_nll items are the probe file's facts (False when missing or made for another probe)."""
+    items = metrics / "items" / "knowledge_nll.jsonl"
+    if not items.exists():
+        return False
+    return ([json.loads(x)["id"] for x in items.read_text().splitlines()]
+            == [json.loads(x)["id"] for x in probe_file.read_text().splitlines()])
 
 
 def fact_item_ids(metrics: Path, probe_file: Path) -> None:
@@ -612,7 +627,7 @@ def main(cfg) -> dict:
     for i, cell in enumerate(todo, 1):
         name = run_name(cfg, cell)
         print(f"\n[study] cell {i}/{len(todo)}: {name}", flush=True)
-        if cfg.reuse_kept and reusable_kept(cfg, cell, paths[cell["arm"]], bf16):
+        if cfg.reuse_kept and reusable_kept(cfg, cell, paths[cell["arm"]], bf16, probe_file):
             print(f"[study] {name}: trained and evaluated before (kept log and metrics; reuse_kept=true)", flush=True)
             done[name] = cell
             continue

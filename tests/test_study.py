@@ -291,6 +291,13 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     assert reused.stdout.count("trained and evaluated before") == TINY_CELLS
     assert "[train]" not in reused.stdout and not list((tmp_path / "runs").glob("study-*"))
     assert json.loads((out / "summary.json").read_text()) == summary
+    # a kept run trained on other bytes than the arm file holds now is retrained, with the reason, never mixed in
+    info = out / "runs" / retrained / "run_info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_sha256": "0" * 64}))
+    mixed = run_study(tmp_path, "reuse_kept=true")
+    assert mixed.stdout.count("trained and evaluated before") == TINY_CELLS - 1
+    assert f"{retrained}: the kept run was trained on other data" in mixed.stdout and "[train]" in mixed.stdout
+    assert json.loads(info.read_text())["data_sha256"] != "0" * 64
 
     (out / "table.md").unlink()  # the report re-renders from the metrics alone
     args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}",
