@@ -250,6 +250,11 @@ def open_questions_figure(oq: dict):
 
 # ---- report -------------------------------------------------------------------------------------------------
 
+def cell_text(text: str) -> str:
+    """Text for a markdown table cell: a `|` (P4's |EAFT - SFT|) would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def verdict_of(preds: list[dict], pid: str) -> str:
     return next((p["verdict"] for p in preds if p["id"] == pid), "unresolved")
 
@@ -298,8 +303,8 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
         lines.append(f"| {arm} | {method} | {lr:g} | {len(cs)} | " + " | ".join(vals) + " |")
     lines += ["", f"## Predictions (main lr {main_lr:g}; highest injected arm {hi}; decision at {Z:g} SE)", "",
               "| id | prediction | value ± SE | seeds | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {p['id']} | {p['text']} | {fmt(p['value'], p['se'])} | {p['seeds']} | **{p['verdict']}** |"
-              for p in preds]
+    lines += [f"| {p['id']} | {cell_text(p['text'])} | {fmt(p['value'], p['se'])} | {p['seeds']} | "
+              f"**{p['verdict']}** |" for p in preds]
     lines += ["", "## Open questions on the base model (natural arm, temperature-scaled logits)", "",
               "| T | mean gate | " + " | ".join(k for k in oq["rows"][0] if k.startswith("pearson")) + " |",
               "|---" * (2 + sum(k.startswith("pearson") for k in oq["rows"][0])) + "|"]

@@ -4,6 +4,7 @@ rules, and the tiny profile end to end."""
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,7 +247,10 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     for pid in ("P1", "P2", "P3", "P6", "P7"):  # every dose contrast is computed on the tiny profile's two arms
         assert isinstance(preds[pid]["value"], float) and isinstance(preds[pid]["se"], float), preds[pid]
     assert summary["verdict"] in ("supported", "refuted", "unresolved")
-    assert f"Verdict on the paper's causal claim: {summary['verdict']}" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert f"Verdict on the paper's causal claim: {summary['verdict']}" in table
+    # every prediction row has its 5 cells (P4's |EAFT - SFT| is escaped)
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 6 for line in table.splitlines() if line.startswith("| P"))
     for f in ("table.md", "dose_response.png", "pareto.png", "open_questions.png"):
         assert (out / f).stat().st_size > 0, f
     # each arm in its own folder, with its own Masked-SFT precompute made from its own bytes
