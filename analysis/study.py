@@ -9,14 +9,15 @@ gate remove that effect? SmolLM2-135M on the CPU, offline. Design and prediction
 
 Stages, each cached on disk, so a killed run resumes and a finished cell is never rerun:
   1. check     the config (arms, doses, methods, learning rates, seeds), before any model loads
-  2. arms      the training files of every arm (analysis/study_data.py) under <work_dir>, and each arm's
-               measured confident-conflict share under the base model (<out_dir>/arms.json)
+  2. arms      the training files of every arm (analysis/study_data.py), <work_dir>/arms/<arm>/train.jsonl, and
+               each arm's measured confident-conflict share under the base model (<out_dir>/arms.json)
   3. probe     the knowledge probe: candidate facts (analysis/study_facts.jsonl) that no arm or held-out text
                states, kept when the base model answers them greedily and correctly with p >= min_prob
   4. open      the paper's open questions on the base model: EAFT gate and top-K vs full entropy as the softmax
                temperature rises (<out_dir>/open_questions.json)
   5. cells     train (training.train) and evaluate (evaluation.evaluate + injected_learned) every arm x method x
-               lr x seed; runs/study-<profile>-<arm>-lr<lr>-<method>-s<seed>
+               lr x seed; runs/study-<profile>-<arm>-lr<lr>-<method>-s<seed>; metrics in <metrics_dir>
+               (results/study/metrics: not results/metrics, whose files analysis/results.py reads for make tables)
   6. report    <out_dir>/{table.md, summary.json, dose_response.png, pareto.png} (analysis/study_report.py)
 """
 
@@ -28,7 +29,15 @@ import time
 from pathlib import Path
 
 from analysis import study_data as sd
-from analysis.demo import Timer, drop_checkpoints, finished, keep_logs, same_config, use_bf16
+from analysis.demo import (
+    Timer,
+    differing_base_answers,
+    drop_checkpoints,
+    finished,
+    keep_logs,
+    same_config,
+    use_bf16,
+)
 from analysis.demo_runs import compose_cfg, group_done
 from analysis.study_runs import (
     INJECTED_LEARNED,
@@ -66,19 +75,10 @@ def check_config(cfg) -> None:
             raise ValueError(f"{where}: cells[{i}] needs lr > 0 and at least one seed")
     if int(p.n_examples) < 2:
         raise ValueError(f"{where}: n_examples must be >= 2")
-    for f in (cfg.facts_file, p.heldout_file, cfg.data.train_file):
+    for key, f in (("facts_file", cfg.facts_file), ("study_profile.heldout_file", p.heldout_file),
+                   ("data.train_file", cfg.data.train_file)):
         if not repo_path(f).exists() and not str(f).startswith(("./data", "data")):
-            raise FileNotFoundError(f"{f}: missing (named by {where} or configs/study.yaml)")
-
-
-
-
-
-
-
-
-
-
+            raise FileNotFoundError(f"{key} = {f}: missing (configs/study.yaml, {where} or configs/data/)")
 
 
 # ---- 2. arms ------------------------------------------------------------------------------------------------
@@ -123,7 +123,9 @@ def prompt_rows(cfg) -> list[dict]:
 
 
 def on_policy(cfg, base: Base, rows: list[dict]) -> list[dict]:
-    """The base model's answers, cached by model and data: generated once, reused by every profile and sitting."""
+    """The base model's answers, cached under a key of the model and the rows' content (so of the data file and
+    n_examples): generated once, reused by every profile and sitting. Greedy, so the same on a rebuild up to
+    decoding differences across CPUs (write_arms)."""
     from common.files import sha256_json
 
     key = sha256_json([cfg.model.get("name_or_path"), cfg.model.name, rows])[:16]
@@ -150,14 +152,34 @@ def arm_rows(cfg, base: Base, rows: list[dict], plans=None) -> dict[str, list[di
     return {a: out[a] for a in arm_names(cfg)}
 
 
+def arms_key(cfg) -> dict:
+    """What the arm files depend on: a cached arm made with another model, data, row count, seed, gap or dose is
+    rebuilt, never reused."""
+    p = cfg.study_profile
+    return {"model": cfg.model.name, "name_or_path": cfg.model.get("name_or_path"),
+            "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": int(p.n_examples),
+            "seed": int(cfg.seed), "min_gap": int(p.min_gap), "doses": [float(d) for d in p.doses]}
+
+
 def write_arms(cfg, base: Base) -> dict[str, Path]:
-    """<work_dir>/arms/<arm>.jsonl for every arm, rebuilt only when missing."""
+    """<work_dir>/arms/<arm>/train.jsonl for every arm, rebuilt when missing or made for another arms_key.
+
+    One folder per arm: training.precompute keeps its file beside the data (<folder>/precomputed/<model>.json, tied
+    to the data's sha256), so arms sharing a folder would share, and refuse, one Masked-SFT precompute file.
+
+    The arms are gitignored (runs/), so a fresh checkout rebuilds them. That relies on determinism: the rows are
+    the first n_examples of the data file, on_policy is greedy decoding, the substitution draws come from an RNG
+    seeded by (seed, row index) and the plan from one teacher-forced pass. Greedy decoding and the pass's top-2
+    can still differ across CPUs or library versions (bf16 kernels); then an arm's sha256 differs, and its kept
+    runs are retrained (reuse_kept checks the kept run's data_sha256) and its share measured again (arms.json)."""
     d = repo_path(cfg.work_dir) / "arms"
-    paths = {a: d / f"{a}.jsonl" for a in arm_names(cfg)}
-    if all(p.exists() for p in paths.values()):
+    paths = {a: d / a / "train.jsonl" for a in arm_names(cfg)}
+    key, key_file = arms_key(cfg), d / "key.json"
+    if all(p.exists() for p in paths.values()) and key_file.exists() and json.loads(key_file.read_text()) == key:
         return paths
     for arm, rws in arm_rows(cfg, base, prompt_rows(cfg)).items():
         atomic_write_jsonl(paths[arm], rws)
+    atomic_write_json(key_file, key)
     return paths
 
 
@@ -177,7 +199,8 @@ def conflict_share(cfg, base: Base, rows: list[dict]) -> dict:
 
 
 def measure_arms(cfg, base: Base, paths: dict[str, Path]) -> list[dict]:
-    """Each arm's measured share, cached in <out_dir>/arms.json by model and file content."""
+    """Each arm's measured share, cached in <out_dir>/arms.json (committed) by model and the arm file's sha256:
+    measured again only when a rebuilt arm's bytes differ from those measured."""
     from training.data import read_chat_jsonl
 
     cache = repo_path(cfg.out_dir) / "arms.json"
@@ -226,10 +249,24 @@ def pilot(cfg, base: Base) -> dict:
 
 # ---- 3. knowledge probe -------------------------------------------------------------------------------------
 
+def answer_nll(model, tok, facts: list[dict]) -> dict[str, float]:
+    """{fact id: NLL (nats) of its answer turn}; a fact whose answer has no supervised token is absent (scored one
+    by one, so that response_nll's per_example, which drops such conversations, cannot misalign facts)."""
+    from evaluation.likelihood import response_nll
+
+    out = {}
+    for f in facts:
+        per = response_nll(model, tok, [sd.fact_chat(f)], progress=False)["per_example"]
+        if per:
+            out[f["id"]] = per[0][0]
+    return out
+
+
 def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     """<work_dir>/probe.jsonl: the facts the base model knows confidently and that no training or held-out text
-    states. Built once per model and facts file; checked against every arm on each invocation."""
-    from evaluation.likelihood import response_nll
+    states. Selected once per model, facts file and probe settings, and recorded in <out_dir>/probe.json
+    (committed): when it holds the kept ids, probe.jsonl is rebuilt from them (a fresh checkout evaluates exactly
+    the committed facts). Checked against every arm on each invocation."""
     from training.data import read_chat_jsonl
 
     texts = [m["content"] for p in [*paths.values(), repo_path(cfg.study_profile.heldout_file)]
@@ -237,9 +274,11 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     out = repo_path(cfg.work_dir) / "probe.jsonl"
     info = repo_path(cfg.out_dir) / "probe.json"
     facts = sd.read_facts(repo_path(cfg.facts_file))
+    by_id = {f["id"]: f for f in facts}
     key = {"model": cfg.model.name, "facts_sha256": sha256_file(repo_path(cfg.facts_file)),
            "probe": dict(cfg.study_profile.probe)}
-    if not (out.exists() and info.exists() and json.loads(info.read_text())["key"] == key):
+    recorded = json.loads(info.read_text()) if info.exists() else {}
+    if recorded.get("key") != key or "kept_ids" not in recorded:
         from common.generation import generate
 
         pc = cfg.study_profile.probe
@@ -249,20 +288,23 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
         gens = generate((model, tok), [f["prompt"] for f in kept], max_new_tokens=pc.max_new_tokens)
         # the tiny random model knows nothing: its profile keeps every candidate (require_correct: false)
         right = [f for f, (g,) in zip(kept, gens) if sd.answer_matches(g, f["answer"]) or not pc.require_correct]
-        nll = response_nll(model, tok, [sd.fact_chat(f) for f in right])["per_example"] if right else []
-        known = [f for f, (s, _) in zip(right, nll) if math.exp(-s) >= pc.min_prob]
-        atomic_write_jsonl(out, [sd.fact_chat(f) for f in known])
-        atomic_write_json(info, {"key": key, "candidates": len(facts), "stated_in_training_or_heldout": len(dropped),
-                                 "answered_correctly": len(right), "kept": len(known),
-                                 "kept_ids": [f["id"] for f in known]})
-    kept = json.loads(info.read_text())["kept"]
-    if kept < cfg.study_profile.probe.min_items:
-        raise ValueError(f"{info}: only {kept} probe facts (study_profile.probe.min_items = "
+        nll = answer_nll(model, tok, right)
+        known = [f for f in right if f["id"] in nll and math.exp(-nll[f["id"]]) >= pc.min_prob]
+        recorded = {"key": key, "candidates": len(facts), "stated_in_training_or_heldout": len(dropped),
+                    "answered_correctly": len(right), "kept": len(known), "kept_ids": [f["id"] for f in known]}
+        atomic_write_json(info, recorded)
+    missing = [i for i in recorded["kept_ids"] if i not in by_id]
+    if missing:
+        raise ValueError(f"{info}: kept facts {missing} are not in {cfg.facts_file}")
+    rows = [sd.fact_chat(by_id[i]) for i in recorded["kept_ids"]]
+    if not out.exists() or [json.loads(x) for x in out.read_text().splitlines()] != rows:
+        atomic_write_jsonl(out, rows)
+    if len(rows) < cfg.study_profile.probe.min_items:
+        raise ValueError(f"{info}: only {len(rows)} probe facts (study_profile.probe.min_items = "
                          f"{cfg.study_profile.probe.min_items}); add facts to {cfg.facts_file}")
-    ids = set(json.loads(info.read_text())["kept_ids"])
-    leaked = [f["id"] for f in sd.disjoint_facts([f for f in facts if f["id"] in ids], texts)[1]]
+    leaked = [f["id"] for f in sd.disjoint_facts([by_id[i] for i in recorded["kept_ids"]], texts)[1]]
     if leaked:
-        raise ValueError(f"probe facts {leaked} are stated in a training arm or the held-out target: delete {out}")
+        raise ValueError(f"probe facts {leaked} are stated in a training arm or the held-out target: delete {info}")
     return out
 
 
@@ -324,28 +366,75 @@ def train_cfg(cfg, cell: dict, train_file: Path, bf16: bool):
     return compose_cfg("train", overrides)
 
 
+def precompute(cfg, cell: dict, train_file: Path) -> None:
+    """The Masked-SFT thresholds of this arm (<arm folder>/precomputed/<model>.json), made again when the arm file
+    or the method differs from the one they were computed for."""
+    from training.precompute import main as precompute_main
+    from training.precompute import precomputed_path
+
+    path = precomputed_path(train_file, cfg.model.name)
+    if path.exists():
+        pre = json.loads(path.read_text())
+        if (pre.get("data_sha256") == sha256_file(train_file)
+                and pre.get("masked_sft", {}).get("method") == cell["method"]):
+            return
+    precompute_main(compose_cfg("precompute", [
+        f"model={cfg.model.name}", f"data={cfg.data.name}", f"data.train_file={train_file}",
+        f"data.max_length={cfg.study_profile.train.max_length}", f"method={cell['method']}"]))
+
+
+def data_differs(run_dir: Path, train_file: Path) -> bool:
+    """The finished run was trained on other bytes than the arm file now holds (an arm rebuilt differently)."""
+    info = json.loads((run_dir / "run_info.json").read_text())
+    return info.get("data_sha256") != sha256_file(train_file)
+
+
 def train(cfg, cell: dict, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
-    """Train one cell unless it finished with the same config (then reused); returns (run dir, trained now)."""
+    """Train one cell unless it finished with the same config and data (then reused); returns (run dir, trained
+    now). A finished run made with other settings or other data is moved aside to <run>.old and retrained."""
+    import shutil
+
     from training.train import main as train_main
 
     run_dir = repo_path(cfg.runs_dir) / run_name(cfg, cell)
     if compose_cfg("train", [f"method={cell['method']}"]).method.get("precomputed"):
-        from training.precompute import main as precompute_main
-        from training.precompute import precomputed_path
-        if not precomputed_path(train_file, cfg.model.name).exists():
-            precompute_main(compose_cfg("precompute", [f"model={cfg.model.name}", f"data={cfg.data.name}",
-                                                       f"data.train_file={train_file}"]))
+        precompute(cfg, cell, train_file)
     tcfg = train_cfg(cfg, cell, train_file, bf16)
-    if finished(run_dir) and same_config(run_dir, tcfg):
-        print(f"[study] {run_dir.name}: already trained", flush=True)
-        timer.skip()
-        return run_dir, False
     if finished(run_dir):
-        raise ValueError(f"{run_dir} was trained with other settings; move it away to retrain it")
+        why = ("other settings" if not same_config(run_dir, tcfg)
+               else "other data (its data_sha256 is not the arm file's)" if data_differs(run_dir, train_file) else None)
+        if why is None:
+            print(f"[study] {run_dir.name}: already trained", flush=True)
+            timer.skip()
+            return run_dir, False
+        old = run_dir.with_name(run_dir.name + ".old")
+        print(f"[study] {run_dir.name} was trained with {why}: moving it to {old} and training again", flush=True)
+        if old.exists():
+            shutil.rmtree(old)
+        run_dir.rename(old)
     train_main(tcfg)
     if not cfg.keep_checkpoints:
         drop_checkpoints(run_dir)
     return run_dir, True
+
+
+def reusable_kept(cfg, cell: dict, train_file: Path, bf16: bool, probe_file: Path) -> bool:
+    """reuse_kept=true: the committed log (<out_dir>/runs/<run>/) finished with this config, on the bytes the arm
+    file holds now, and every measure is in <metrics_dir>/<run>/, its knowledge items over the current probe. A
+    kept run trained on other data or scored on other facts is retrained (the reason is printed), never mixed in."""
+    name = run_name(cfg, cell)
+    kept = repo_path(cfg.out_dir) / "runs" / name
+    if not (finished(kept) and same_config(kept, train_cfg(cfg, cell, train_file, bf16)) and evaluated(cfg, name)):
+        return False
+    why = (f"on other data than {repo_relative(train_file)} holds now (the arm was rebuilt with different bytes)"
+           if data_differs(kept, train_file) else None)
+    scores_probe = any("knowledge_nll" in g.benchmarks for g in cfg.study_profile.eval.groups)
+    if why is None and scores_probe and not probe_items_match(repo_path(cfg.metrics_dir) / name, probe_file):
+        why = f"and evaluated on other probe facts than {repo_relative(probe_file)}"
+    if why:
+        print(f"[study] {name}: the kept run was trained {why}: training it again", flush=True)
+        return False
+    return True
 
 
 def eval_groups(cfg, probe_file: Path) -> list[dict]:
@@ -360,17 +449,43 @@ def eval_groups(cfg, probe_file: Path) -> list[dict]:
     return out
 
 
-
-
-def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool) -> None:
+def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool, fresh: bool = False) -> None:
+    """Every evaluation group of the profile. Unless the model is `fresh` (trained in this invocation), groups
+    with a result are skipped; a fresh model is evaluated again in full, so no metric of its previous weights
+    survives."""
     from evaluation.evaluate import main as eval_main
 
     for g in eval_groups(cfg, probe_file):
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(g['benchmarks'])}]",
                      f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *g["overrides"]]
-        if not group_done(repo_path(cfg.metrics_dir) / name, _ns(g)):
+        metrics = repo_path(cfg.metrics_dir) / name
+        stale = "knowledge_nll" in g["benchmarks"] and not probe_items_match(metrics, probe_file)
+        if fresh or stale or not group_done(metrics, _ns(g)):
             eval_main(compose_cfg("eval", overrides))
+            if "knowledge_nll" in g["benchmarks"]:
+                fact_item_ids(repo_path(cfg.metrics_dir) / name, probe_file)
+
+
+def probe_items_match(metrics: Path, probe_file: Path) -> bool:
+    """The run's knowledge_nll items are the probe file's facts (False when missing or made for another probe)."""
+    items = metrics / "items" / "knowledge_nll.jsonl"
+    if not items.exists():
+        return False
+    return ([json.loads(x)["id"] for x in items.read_text().splitlines()]
+            == [json.loads(x)["id"] for x in probe_file.read_text().splitlines()])
+
+
+def fact_item_ids(metrics: Path, probe_file: Path) -> None:
+    """knowledge_nll's items carry the probe file's row index (evaluation.likelihood); rewrite them as the fact
+    ids, so that runs pair over the same facts whatever order or selection a rebuilt probe file has."""
+    items = metrics / "items" / "knowledge_nll.jsonl"
+    rows = [json.loads(x) for x in items.read_text().splitlines()]
+    facts = [json.loads(x)["id"] for x in probe_file.read_text().splitlines()]
+    if len(rows) != len(facts) or not all(str(r["id"]).isdigit() for r in rows):
+        raise ValueError(f"{items}: {len(rows)} items for {len(facts)} probe facts ({probe_file}); expected one "
+                         "item per fact, with the row index as its id")
+    atomic_write_jsonl(items, [{**r, "id": facts[int(r["id"])]} for r in rows])
 
 
 def _ns(g: dict):
@@ -381,24 +496,29 @@ def _ns(g: dict):
 
 def injected_heldout(cfg, base: Base) -> tuple[list[dict], list[list[int]]]:
     """The natural held-out solutions, tags removed, with the highest dose's substitution rule applied; per row,
-    the positions (in tokenize_chat's ids) of the substituted tokens. Cached in <work_dir>."""
+    the positions (in tokenize_chat's ids) of the substituted tokens. Cached in <work_dir> under a key of what it
+    depends on (model, held-out file, limit, dose, min_gap, seed); deterministic like the arms (write_arms)."""
+    from common.files import sha256_json
     from training.data import read_chat_jsonl, tokenize_chat
 
-    path = repo_path(cfg.work_dir) / "injected_heldout.jsonl"
+    p = cfg.study_profile
+    dose = max(float(d) for d in p.doses) if p.doses else 1.0
+    key = {"model": cfg.model.name, "name_or_path": cfg.model.get("name_or_path"),
+           "heldout_sha256": sha256_file(repo_path(p.heldout_file)), "limit": p.injected_heldout.limit,
+           "dose": dose, "min_gap": int(p.min_gap), "seed": int(cfg.seed) + 1}
+    path = repo_path(cfg.work_dir) / f"injected_heldout-{sha256_json(key)[:16]}.jsonl"
     if not path.exists():
         model, tok = base()
-        rows = [dict(r) for r in read_chat_jsonl(repo_path(cfg.study_profile.heldout_file))]
-        rows = sd.notags_rows(rows[: cfg.study_profile.injected_heldout.limit])
-        plans = sd.substitution_plans(model, tok, rows, cfg.seed + 1)  # other draws than any training row
-        dose = max(float(d) for d in cfg.study_profile.doses) if cfg.study_profile.doses else 1.0
+        rows = [dict(r) for r in read_chat_jsonl(repo_path(p.heldout_file))][: p.injected_heldout.limit]
+        rows = [{**r, "id": str(r.get("id", f"row{i}"))} for i, r in enumerate(sd.notags_rows(rows))]
+        plans = sd.substitution_plans(model, tok, rows, key["seed"])  # other draws than any training row
         out = []
         for r, plan in zip(rows, plans):
-            gap = cfg.study_profile.min_gap
-            row = sd.with_response(r, tok.decode(plan.ids(dose, gap), clean_up_tokenization_spaces=False))
+            row = sd.with_response(r, tok.decode(plan.ids(dose, p.min_gap), clean_up_tokenization_spaces=False))
             ids, labels, _ = tokenize_chat(tok, row["messages"])
             start, end = sd.content_span(ids, labels, tok.eos_token_id)
             # positions whose token is the substituted one after re-tokenisation
-            pos = [start + i for i, s in enumerate(plan.substituted(dose, gap))
+            pos = [start + i for i, s in enumerate(plan.substituted(dose, p.min_gap))
                    if s and start + i < end and ids[start + i] == plan.alternative[i]]
             if pos:
                 out.append({**row, "substituted_positions": pos})
@@ -423,21 +543,28 @@ def substituted_logprobs(model, tok, rows: list[dict], positions: list[list[int]
     return out
 
 
-def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, positions) -> None:
+def injected_item_id(row: dict, positions: list[int]) -> str:
+    """A held-out row's id and its substituted token positions: runs pair only over the same tokens."""
+    return f"{row['id']}@{','.join(map(str, positions))}"
+
+
+def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, positions, fresh: bool = False) -> None:
     """<metrics_dir>/<name>/injected_learned.json: log p of the substituted held-out tokens, per item, in the
-    items layout the paired report reads (nll_sum = -sum log p, tokens = substituted tokens)."""
+    items layout the paired report reads (nll_sum = -sum log p, tokens = substituted tokens). Kept unless the
+    model is `fresh` (trained in this invocation)."""
     from common.generation import load_for_generation
     from evaluation.evaluate import resolve_model
     from evaluation.likelihood import ratio_stats
 
     d = repo_path(cfg.metrics_dir) / name
-    if (d / f"{INJECTED_LEARNED}.json").exists():
+    if not fresh and (d / f"{INJECTED_LEARNED}.json").exists():
         return
     lp = []
     if rows:  # none when the base model is confident nowhere (the tiny random model): recorded as n = 0
         pair = base() if model_spec is None else load_for_generation(resolve_model(model_spec)["model_cfg"])
         lp = substituted_logprobs(pair[0], pair[1], rows, positions)
-    items = [{"id": str(i), "nll_sum": -x, "tokens": len(p)} for i, (x, p) in enumerate(zip(lp, positions))]
+    items = [{"id": injected_item_id(r, p), "nll_sum": -x, "tokens": len(p)}
+             for r, x, p in zip(rows, lp, positions)]
     atomic_write_jsonl(d / "items" / f"{INJECTED_LEARNED}.jsonl", items)
     st = (ratio_stats([-x for x in lp], [len(p) for p in positions]) if lp
           else {"value": None, "stderr": None, "n": 0, "tokens": 0})
@@ -446,6 +573,24 @@ def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, position
                        "value": st["value"], "stderr": st["stderr"], "n": st["n"], "tokens": st["tokens"],
                        "settings": {"limit": cfg.study_profile.injected_heldout.limit},
                        "items_file": repo_relative(d / "items" / f"{INJECTED_LEARNED}.jsonl")})
+
+
+def check_base_answers(cfg, names: list[str], probe_file: Path, bf16: bool, timer: Timer) -> None:
+    """general_kl pairs runs over the base model's greedy answers, which each evaluation regenerates (cached in
+    the gitignored <metrics_dir>/_cache) and which are not bit-stable across CPUs: as make demo does, evaluate the
+    base model again when its answers differ from this invocation's runs', and refuse to mix runs whose answers
+    still differ (kept with reuse_kept=true from another machine)."""
+    base = base_run_name(cfg)
+    if differing_base_answers(cfg, base, names):
+        print(f"[study] {base}: its general_kl base answers differ from the runs' (evaluated on another machine or "
+              "library version): evaluating the base model again", flush=True)
+        with timer("evaluate the base model again"):
+            evaluate(cfg, cfg.model.name, base, probe_file, bf16, fresh=True)
+    stale = differing_base_answers(cfg, base, names)
+    if stale:
+        raise RuntimeError(f"general_kl: the base model's answers in {stale} (kept from an earlier invocation, "
+                           f"reuse_kept=true) differ from {base}'s, so they cannot be paired; run without "
+                           "reuse_kept=true to retrain and evaluate them on this machine")
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -482,19 +627,18 @@ def main(cfg) -> dict:
     for i, cell in enumerate(todo, 1):
         name = run_name(cfg, cell)
         print(f"\n[study] cell {i}/{len(todo)}: {name}", flush=True)
-        kept = repo_path(cfg.out_dir) / "runs" / name
-        if (cfg.reuse_kept and finished(kept) and same_config(kept, train_cfg(cfg, cell, paths[cell["arm"]], bf16))
-                and evaluated(cfg, name)):
+        if cfg.reuse_kept and reusable_kept(cfg, cell, paths[cell["arm"]], bf16, probe_file):
             print(f"[study] {name}: trained and evaluated before (kept log and metrics; reuse_kept=true)", flush=True)
             done[name] = cell
             continue
         with timer(f"train {name}"):
-            run_dir, _ = train(cfg, cell, paths[cell["arm"]], bf16, timer)
+            run_dir, fresh = train(cfg, cell, paths[cell["arm"]], bf16, timer)
             keep_logs(cfg, run_dir)
         with timer(f"evaluate {name}"):
-            evaluate(cfg, str(run_dir), name, probe_file, bf16)
-            injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos)
+            evaluate(cfg, str(run_dir), name, probe_file, bf16, fresh)
+            injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos, fresh)
         done[name] = cell
+    check_base_answers(cfg, list(done), probe_file, bf16, timer)
     from analysis.study_report import report
 
     with timer("report"):

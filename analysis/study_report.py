@@ -1,4 +1,5 @@
-"""The conflict study's report, from results/metrics and <out_dir>/{arms,open_questions}.json (no model needed).
+"""The conflict study's report, from <metrics_dir> (results/study/metrics) and <out_dir>/{arms,open_questions}.json
+(no model needed).
 
     python -m analysis.study_report study_profile=full     # re-render results/study from the existing metrics
 
@@ -7,11 +8,14 @@ Writes <out_dir>/table.md, summary.json, dose_response.png, pareto.png, open_que
 Measures per cell (a trained model), each paired with the base model over identical items (analysis.demo_report):
     target_gain          base - tuned NLL per token on the natural held-out solutions (same target for every arm)
     kl_to_base           KL(tuned || base) per token on the base model's answers to general prompts (drift)
+    base_answer_nll      tuned - base NLL per token of those base answers (the secondary drift measure)
     knowledge_retention  mean over probe facts of log p_tuned(answer) - log p_base(answer), answer turn in nats
-    mini_acc             mean accuracy (%) of the mini multiple-choice benchmarks (arc_easy, piqa)
+    mini_acc             tuned - base accuracy (percentage points), mean of the mini multiple-choice benchmarks
+                         (arc_easy, piqa), paired per item
     injected_learned     mean over substituted held-out tokens of log p_tuned - log p_base (nats per token)
 Predictions (results/study/PREREGISTRATION.md) are contrasts of these across arms and methods at the main learning
-rate, computed per seed over paired items and averaged over seeds; the verdict applies the preregistered rule.
+rate, computed per seed over paired items and averaged over seeds; the verdict applies the preregistered rule,
+and the overall verdict on the paper's causal claim follows from P1 and P2 (PREREGISTRATION.md, Sec. 4).
 """
 
 from __future__ import annotations
@@ -25,18 +29,19 @@ from evaluation.likelihood import ratio_stats
 
 TARGET, DRIFT, PROBE, INJECTED = "target_nll", "general_kl", "knowledge_nll", "injected_learned"
 MINI = ("arc_easy", "piqa")
-MEASURES = ("target_gain", "kl_to_base", "knowledge_retention", "mini_acc", "injected_learned")
+MEASURES = ("target_gain", "kl_to_base", "base_answer_nll", "knowledge_retention", "mini_acc", "injected_learned")
 LOW_ARM = "natural_notags"       # the reference arm of the dose contrasts
 EQUIVALENCE_MARGIN = 0.01        # KL nats/token: P4's "no difference" band (PREREGISTRATION.md)
 Z = 2.0                          # decision threshold in standard errors
 
 
-def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool = False) -> dict | None:
+def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool = False,
+             which: str | None = None) -> dict | None:
     """sum_run coef * value(run) over the items every run scored: token-weighted (ratio) or per item (mean).
-    None when a run or the benchmark is missing."""
+    which="base_answer_nll" reads general_kl's NLL sums. None when a run or the benchmark is missing."""
     if any(run not in loaded or bench not in loaded[run] for run in terms):
         return None
-    pairs = {run: item_pairs(loaded[run][bench]) for run in terms}
+    pairs = {run: item_pairs(loaded[run][bench], which) for run in terms}
     common = sorted(set.intersection(*(set(p) for p in pairs.values())))
     if len(common) < 2:
         return None
@@ -58,17 +63,23 @@ def seed_mean(parts: list[dict]) -> dict | None:
 
 
 def cell_measures(loaded: dict, base: str, run: str) -> dict:
-    """The five measures of one run, each {value, se} (None when not evaluated)."""
+    """The measures of one run, each {value, se} (None when not evaluated); all but kl_to_base (a divergence from
+    the base model by construction) are tuned - base differences over paired items."""
     def neg(c):
         return None if c is None else {"value": -c["diff"], "se": c["stderr"]}
 
-    out = {"target_gain": neg(contrast(loaded, {run: 1.0, base: -1.0}, TARGET)),
-           "knowledge_retention": neg(contrast(loaded, {run: 1.0, base: -1.0}, PROBE, per_item=True)),
-           "injected_learned": neg(contrast(loaded, {run: 1.0, base: -1.0}, INJECTED))}
+    def pos(c):
+        return None if c is None else {"value": c["diff"], "se": c["stderr"]}
+
+    pair = {run: 1.0, base: -1.0}
+    out = {"target_gain": neg(contrast(loaded, pair, TARGET)),
+           "base_answer_nll": pos(contrast(loaded, pair, DRIFT, which="base_answer_nll")),
+           "knowledge_retention": neg(contrast(loaded, pair, PROBE, per_item=True)),
+           "injected_learned": neg(contrast(loaded, pair, INJECTED))}
     r = loaded[run]
     out["kl_to_base"] = {"value": r[DRIFT]["value"], "se": r[DRIFT]["stderr"]} if DRIFT in r else None
-    minis = [r[b] for b in MINI if b in r]
-    out["mini_acc"] = ({"value": sum(m["value"] for m in minis) / len(minis),
+    minis = [c for c in (contrast(loaded, pair, b, per_item=True) for b in MINI) if c is not None]
+    out["mini_acc"] = ({"value": sum(m["diff"] for m in minis) / len(minis),
                         "se": math.sqrt(sum((m["stderr"] or 0) ** 2 for m in minis)) / len(minis)} if minis else None)
     return out
 
@@ -103,6 +114,22 @@ def verdict(value: float | None, se: float | None, sign: int) -> str:
     if abs(value) <= Z * se:
         return "unresolved"
     return "confirmed" if value * sign > 0 else "refuted"
+
+
+def overall_verdict(preds: list[dict]) -> str:
+    """PREREGISTRATION.md, Sec. 4: supported when P1 and P2 are confirmed; refuted when P1 is confirmed and P2
+    refuted, or when P1 is refuted; otherwise unresolved."""
+    v = {p["id"]: p["verdict"] for p in preds}
+    p1, p2 = v.get("P1", "unresolved"), v.get("P2", "unresolved")
+    if p1 == "confirmed" and p2 == "confirmed":
+        return "supported"
+    if p1 == "refuted" or (p1 == "confirmed" and p2 == "refuted"):
+        return "refuted"
+    return "unresolved"
+
+
+VERDICT_RULE = ("supported when P1 and P2 are confirmed; refuted when P1 is confirmed and P2 refuted, or when P1 is "
+                "refuted; otherwise unresolved (PREREGISTRATION.md, Sec. 4)")
 
 
 def prediction_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_arm: str | None) -> list[dict]:
@@ -223,6 +250,15 @@ def open_questions_figure(oq: dict):
 
 # ---- report -------------------------------------------------------------------------------------------------
 
+def cell_text(text: str) -> str:
+    """Text for a markdown table cell: a `|` (P4's |EAFT - SFT|) would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def verdict_of(preds: list[dict], pid: str) -> str:
+    return next((p["verdict"] for p in preds if p["id"] == pid), "unresolved")
+
+
 def fmt(v, se=None, d=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -244,28 +280,31 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     injected = [a for a in arms if a["name"].startswith("injected_d")]
     hi = max(injected, key=lambda a: a["measured_conflict_share"])["name"] if injected else None
     preds = prediction_values(loaded, runs, main_lr, hi)
+    overall = overall_verdict(preds)
     summary = {"profile": cfg.study_profile.name, "command": cfg.study_profile.command, "model": cfg.model.name,
-               "main_lr": main_lr, "highest_injected_arm": hi,
+               "verdict": overall, "verdict_rule": VERDICT_RULE, "main_lr": main_lr, "highest_injected_arm": hi,
                "arms": [{k: a[k] for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")} for a in arms],
                "cells": cells, "predictions": preds, "open_questions": oq}
     atomic_write_json(out / "summary.json", summary)
     lines = [f"# Conflict study ({cfg.study_profile.name}) on {cfg.model.name}", "",
              (f"Command: `{cfg.study_profile.command}`; every number below was produced by it. Design, predictions "
               "and decision rules: PREREGISTRATION.md. Machine-readable: summary.json."), "",
+             (f"**Verdict on the paper's causal claim: {overall}** (P1 {verdict_of(preds, 'P1')}, "
+              f"P2 {verdict_of(preds, 'P2')}; {VERDICT_RULE})."), "",
              "## Arms (measured under the base model: H < 0.5 nats and p < 0.1)", "",
              "| arm | confident-conflict share | examples | supervised tokens |", "|---|---|---|---|"]
     lines += [f"| {a['name']} | {100 * a['measured_conflict_share']:.2f}% | {a['n_examples']} | {a['n_tokens']} |"
               for a in arms]
     lines += ["", "## Cells (paired with the base model; mean over seeds ± SE)", "",
-              ("| arm | method | lr | seeds | target gain ↑ | KL to base ↓ | knowledge retention ↑ | mini acc (%) | "
-               "injected learned |"), "|---|---|---|---|---|---|---|---|---|"]
+              ("| arm | method | lr | seeds | target gain ↑ | KL to base ↓ | base-answer NLL Δ ↓ | "
+               "knowledge retention ↑ | mini acc Δ (pp) | injected learned |"), "|---" * (4 + len(MEASURES)) + "|"]
     for (arm, method, lr), cs in group(cells).items():
         vals = [fmt(*_agg(cs, k), d=1 if k == "mini_acc" else 3) for k in MEASURES]
         lines.append(f"| {arm} | {method} | {lr:g} | {len(cs)} | " + " | ".join(vals) + " |")
     lines += ["", f"## Predictions (main lr {main_lr:g}; highest injected arm {hi}; decision at {Z:g} SE)", "",
               "| id | prediction | value ± SE | seeds | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {p['id']} | {p['text']} | {fmt(p['value'], p['se'])} | {p['seeds']} | **{p['verdict']}** |"
-              for p in preds]
+    lines += [f"| {p['id']} | {cell_text(p['text'])} | {fmt(p['value'], p['se'])} | {p['seeds']} | "
+              f"**{p['verdict']}** |" for p in preds]
     lines += ["", "## Open questions on the base model (natural arm, temperature-scaled logits)", "",
               "| T | mean gate | " + " | ".join(k for k in oq["rows"][0] if k.startswith("pearson")) + " |",
               "|---" * (2 + sum(k.startswith("pearson") for k in oq["rows"][0])) + "|"]
@@ -284,7 +323,7 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
 
 
 def main(cfg) -> dict:
-    """Re-render from results/metrics and <out_dir>/{arms,open_questions}.json, without a model."""
+    """Re-render from <metrics_dir> and <out_dir>/{arms,open_questions}.json, without a model."""
     from analysis.study_runs import arm_names, base_run_name, evaluated, run_name
     from analysis.study_runs import cells as all_cells
 

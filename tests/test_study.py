@@ -4,6 +4,8 @@ rules, and the tiny profile end to end."""
 import itertools
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 import torch
 
 from analysis import study_data as sd
-from analysis.study_report import MEASURES, contrast, verdict
+from analysis.study_report import MEASURES, contrast, overall_verdict, verdict
+from common.files import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 FACTS = REPO / "analysis" / "study_facts.jsonl"
@@ -142,6 +145,16 @@ def test_contrasts_are_paired_over_items_and_verdicts_follow_the_rule(tmp_path):
     assert verdict(0.001, 0.002, 0) == "confirmed" and verdict(0.05, 0.01, 0) == "refuted"
 
 
+@pytest.mark.parametrize("p1, p2, want", [
+    ("confirmed", "confirmed", "supported"), ("confirmed", "refuted", "refuted"), ("refuted", "confirmed", "refuted"),
+    ("refuted", "unresolved", "refuted"), ("confirmed", "unresolved", "unresolved"),
+    ("unresolved", "confirmed", "unresolved"), ("unresolved", "refuted", "unresolved"),
+])
+def test_the_overall_verdict_follows_the_preregistered_rule(p1, p2, want):
+    preds = [{"id": "P1", "verdict": p1}, {"id": "P2", "verdict": p2}, {"id": "P3", "verdict": "refuted"}]
+    assert overall_verdict(preds) == want
+
+
 def compose(*overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -192,47 +205,119 @@ def test_substituted_logprobs_reads_the_right_positions():
     assert substituted_logprobs(model, tok, [row], [pos]) == [pytest.approx(want, abs=1e-5)]
 
 
-def run_study(tmp: Path) -> subprocess.CompletedProcess:
+def run_study(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={tmp / 'report'}", f"runs_dir={tmp / 'runs'}",
-            f"work_dir={tmp / 'work'}", f"metrics_dir={tmp / 'metrics'}"]
+            f"work_dir={tmp / 'work'}", f"metrics_dir={tmp / 'metrics'}", *extra]
     proc = subprocess.run([sys.executable, "-m", "analysis.study", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
 
 
-def test_the_tiny_profile_end_to_end_and_resumed(tmp_path):
+def snapshot(folder: Path) -> dict[str, int]:
+    """{file: mtime_ns} of every file under folder."""
+    return {str(f.relative_to(folder)): f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()}
+
+
+TINY_CELLS = 6  # 2 arms x (sft, eaft, masked_sft_pilot), one seed
+
+
+def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
+    from training.precompute import precomputed_path
+
+    repo_metrics = snapshot(REPO / "results" / "metrics")
     run_study(tmp_path)
     out = tmp_path / "report"
     summary = json.loads((out / "summary.json").read_text())
-    assert [a["name"] for a in summary["arms"]] == ["natural", "injected_d1"]
+    assert [a["name"] for a in summary["arms"]] == ["natural_notags", "injected_d1"]
     for a in summary["arms"]:
         assert set(a) == {"name", "measured_conflict_share", "n_examples", "n_tokens"} and a["n_tokens"] > 0
-    assert len(summary["cells"]) == 4
+    assert len(summary["cells"]) == TINY_CELLS
+    assert {(c["arm"], c["method"]) for c in summary["cells"]} >= {("natural_notags", "masked_sft_pilot"),
+                                                                    ("injected_d1", "masked_sft_pilot")}
     for c in summary["cells"]:
         assert {"arm", "method", "lr", "seed", *MEASURES} <= set(c)
         assert c["target_gain"] is not None and c["kl_to_base"] > 0 and c["knowledge_retention"] is not None
-    assert {p["id"] for p in summary["predictions"]} >= {"P1", "P2", "P4", "P5"}
+        assert c["base_answer_nll"] is not None
+    preds = {p["id"]: p for p in summary["predictions"]}
+    assert set(preds) >= {"P1", "P2", "P4", "P5"}
     assert all(set(p) >= {"id", "text", "verdict", "value", "se"} and p["verdict"] in
                ("confirmed", "refuted", "unresolved") for p in summary["predictions"])
+    for pid in ("P1", "P2", "P3", "P6", "P7"):  # every dose contrast is computed on the tiny profile's two arms
+        assert isinstance(preds[pid]["value"], float) and isinstance(preds[pid]["se"], float), preds[pid]
+    assert summary["verdict"] in ("supported", "refuted", "unresolved")
+    table = (out / "table.md").read_text()
+    assert f"Verdict on the paper's causal claim: {summary['verdict']}" in table
+    # every prediction row has its 5 cells (P4's |EAFT - SFT| is escaped)
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 6 for line in table.splitlines() if line.startswith("| P"))
     for f in ("table.md", "dose_response.png", "pareto.png", "open_questions.png"):
         assert (out / f).stat().st_size > 0, f
-    # the probe is disjoint from every arm's texts and from the held-out target
+    # each arm in its own folder, with its own Masked-SFT precompute made from its own bytes
+    arms = {p.parent.name: p for p in (tmp_path / "work" / "arms").glob("*/train.jsonl")}
+    assert set(arms) == {"natural_notags", "injected_d1"}
+    pre = {a: precomputed_path(p, "tiny") for a, p in arms.items()}
+    assert len(set(pre.values())) == 2
+    for a, path in pre.items():
+        assert json.loads(path.read_text())["data_sha256"] == sha256_file(arms[a])
+    # the probe is disjoint from every arm's texts and from the held-out target; its items carry the fact ids
     probe = [json.loads(x) for x in (tmp_path / "work" / "probe.jsonl").read_text().splitlines()]
     facts = {f["id"]: f for f in sd.read_facts(FACTS)}
-    texts = [m["content"] for p in (tmp_path / "work" / "arms").glob("*.jsonl")
-             for r in map(json.loads, p.read_text().splitlines()) for m in r["messages"]]
+    texts = [m["content"] for p in arms.values() for r in map(json.loads, p.read_text().splitlines())
+             for m in r["messages"]]
     assert probe and not sd.disjoint_facts([facts[r["id"]] for r in probe], texts)[1]
+    items = (tmp_path / "metrics" / "study-tiny-base" / "items" / "knowledge_nll.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in items] == [r["id"] for r in probe]
+    # the study writes nothing under results/metrics (make tables reads it), whatever it did in tmp
+    assert snapshot(REPO / "results" / "metrics") == repo_metrics
+    assert not (REPO / "results" / "metrics" / "study-tiny-base").exists()
+
     again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
-    assert again.stdout.count("already trained") == 4 and "[train]" not in again.stdout
+    assert again.stdout.count("already trained") == TINY_CELLS and "[train]" not in again.stdout
+
+    # a cell trained again in this invocation is evaluated again in full: no metric of the old weights survives
+    retrained = summary["cells"][0]["run"]
+    shutil.rmtree(tmp_path / "runs" / retrained)
+    before = snapshot(tmp_path / "metrics")
+    third = run_study(tmp_path)
+    assert third.stdout.count("already trained") == TINY_CELLS - 1
+    after = snapshot(tmp_path / "metrics")
+    results = [k for k in before if k.startswith(retrained + "/") and k.endswith(".json")]
+    assert len(results) >= 4 and all(after[k] != before[k] for k in results), results
+    others = [k for k in before if not k.startswith(retrained + "/") and "_cache" not in k]
+    assert all(after[k] == before[k] for k in others)
+
+    # reuse_kept: a fresh checkout (no runs/, no work_dir) continues from the committed logs and metrics
+    summary = json.loads((out / "summary.json").read_text())
+    shutil.rmtree(tmp_path / "runs")
+    shutil.rmtree(tmp_path / "work")
+    reused = run_study(tmp_path, "reuse_kept=true")
+    assert reused.stdout.count("trained and evaluated before") == TINY_CELLS
+    assert "[train]" not in reused.stdout and not list((tmp_path / "runs").glob("study-*"))
+    assert json.loads((out / "summary.json").read_text()) == summary
+    # a kept run trained on other bytes than the arm file holds now is retrained, with the reason, never mixed in
+    info = out / "runs" / retrained / "run_info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_sha256": "0" * 64}))
+    mixed = run_study(tmp_path, "reuse_kept=true")
+    assert mixed.stdout.count("trained and evaluated before") == TINY_CELLS - 1
+    assert f"{retrained}: the kept run was trained on other data" in mixed.stdout and "[train]" in mixed.stdout
+    assert json.loads(info.read_text())["data_sha256"] != "0" * 64
+
     (out / "table.md").unlink()  # the report re-renders from the metrics alone
     args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}",
             f"work_dir={tmp_path / 'work'}"]
     proc = subprocess.run([sys.executable, "-m", "analysis.study_report", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| injected_d1 | eaft |" in (out / "table.md").read_text()
+    assert "| injected_d1 | masked_sft_pilot |" in (out / "table.md").read_text()
+
+
+def test_the_study_keeps_its_metrics_out_of_results_metrics():
+    cfg = compose("study_profile=full")
+    assert cfg.metrics_dir == "results/study/metrics"
+    for profile in ("tiny", "quick", "full"):
+        c = compose(f"study_profile={profile}")
+        assert not (REPO / c.metrics_dir).resolve().is_relative_to(REPO / "results" / "metrics")
 
 
 def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path, monkeypatch):
@@ -245,7 +330,7 @@ def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_pa
     pilot = json.loads((tmp_path / "r" / "pilot.json").read_text())
     assert list(pilot["arms"]) == ["natural_notags", "injected_d0.5", "injected_d1", "natural", "on_policy"]
     assert all(0 <= a["measured_conflict_share"] <= 1 and a["n_tokens"] > 0 for a in pilot["arms"].values())
-    assert pilot["data_sha256"] and not (tmp_path / "runs" / "study-tiny-natural-lr0.003-sft-s0").exists()
+    assert pilot["data_sha256"] and not list((tmp_path / "runs").glob("study-*"))
     again = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
                     f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}", "study_profile.pilot_doses=[1.0,0.25]")
     measured = []
