@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import matplotlib
 if "ipykernel" not in sys.modules:  # figures are files; no display on the CPU machines or in CI
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from common.files import atomic_path
 
 STYLE = {"figure.dpi": 110, "savefig.dpi": 160, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
          "legend.fontsize": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -48,11 +49,10 @@ def save(fig, stem: str | Path, formats=("png", "pdf")) -> list[Path]:
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         meta = {"pdf": {"CreationDate": None, "Producer": None, "Creator": None},
                 "png": {"Software": None}}.get(fmt)
-        fig.savefig(tmp, format=fmt, metadata=meta)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, metadata=meta)
         paths.append(path)
     plt.close(fig)
     return paths

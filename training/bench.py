@@ -53,10 +53,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.files import REPO, read_jsonl
 from training.linear_losses import DEFAULT_CHUNK_SIZE, LINEAR_LOSSES
 from training.losses import LOSSES
 
-REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "bench"
 QWEN3_4B = {"hidden": 2560, "vocab": 151_936}
 EAFT_HP = {"k": 20, "alpha": 1.0, "norm": 3.0}  # configs/method/eaft.yaml
@@ -257,7 +257,7 @@ NOTES = "<!-- notes: everything below this line is kept when the table is render
 
 def write_markdown(rows_path: Path, md_path: Path, device: str, hidden: int, vocab: int, dtype: str) -> None:
     """Render the table; hand-written notes below the NOTES marker in an existing file are kept."""
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(rows_path)
     old = md_path.read_text() if md_path.exists() else ""
     notes = old[old.index(NOTES):] if NOTES in old else ""
     header = ("# Loss kernels: time and peak memory of forward + backward (head + loss)\n\n"

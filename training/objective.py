@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from common.files import atomic_write_jsonl, read_jsonl
 from training.linear_losses import LINEAR_LOSSES, UNSUPPORTED
 from training.losses import finalize_stats, get_loss
 
@@ -177,11 +178,7 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        atomic_write_jsonl(self.path, [r for r in read_jsonl(self.path) if r.get("step", 0) <= state.global_step])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs if logs is not None else {}
