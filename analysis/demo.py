@@ -207,15 +207,25 @@ def train(cfg, method: str, seed: int, train_file: Path, bf16: bool, timer: Time
             print(f"[demo] {name}: already trained", flush=True)
             timer.skip()
             return run_dir, False
-        old = run_dir.with_name(name + ".old")
-        print(f"[demo] {name} was trained with other settings: moving it to {old}", flush=True)
-        if old.exists():
-            shutil.rmtree(old)
-        run_dir.rename(old)
+        print(f"[demo] {name} was trained with other settings: moving it to {set_aside_path(run_dir)}", flush=True)
+        set_aside(run_dir)
     train_main(tcfg)
     if not cfg.keep_checkpoints:
         drop_checkpoints(run_dir)
     return run_dir, True
+
+
+def set_aside_path(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + ".old")
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run trained with other settings to <run>.old (replacing an older one), so it is retrained."""
+    old = set_aside_path(run_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    run_dir.rename(old)
+    return old
 
 
 def drop_checkpoints(run_dir: Path) -> None:

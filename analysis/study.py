@@ -36,6 +36,8 @@ from analysis.demo import (
     finished,
     keep_logs,
     same_config,
+    set_aside,
+    set_aside_path,
     use_bf16,
 )
 from analysis.demo_runs import compose_cfg, group_done
@@ -392,7 +394,6 @@ def data_differs(run_dir: Path, train_file: Path) -> bool:
 def train(cfg, cell: dict, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
     """Train one cell unless it finished with the same config and data (then reused); returns (run dir, trained
     now). A finished run made with other settings or other data is moved aside to <run>.old and retrained."""
-    import shutil
 
     from training.train import main as train_main
 
@@ -407,11 +408,9 @@ def train(cfg, cell: dict, train_file: Path, bf16: bool, timer: Timer) -> tuple[
             print(f"[study] {run_dir.name}: already trained", flush=True)
             timer.skip()
             return run_dir, False
-        old = run_dir.with_name(run_dir.name + ".old")
-        print(f"[study] {run_dir.name} was trained with {why}: moving it to {old} and training again", flush=True)
-        if old.exists():
-            shutil.rmtree(old)
-        run_dir.rename(old)
+        print(f"[study] {run_dir.name} was trained with {why}: moving it to {set_aside_path(run_dir)} and training "
+              "again", flush=True)
+        set_aside(run_dir)
     train_main(tcfg)
     if not cfg.keep_checkpoints:
         drop_checkpoints(run_dir)
