@@ -114,7 +114,7 @@ def test_make_demo_passes_overrides_the_demo_config_accepts(full):
     key the config does not have, and failed before doing anything)."""
     from hydra import compose, initialize_config_dir
 
-    dry = subprocess.run(["make", "-n", "demo", *(["FULL=1"] if full else [])], cwd=REPO, capture_output=True,
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "demo", *(["FULL=1"] if full else [])], cwd=REPO, capture_output=True,
                          text=True, check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
     line = next(x for x in dry.splitlines() if "analysis.demo" in x)
     overrides = line.split("analysis.demo", 1)[1].split()

@@ -57,10 +57,10 @@ def test_an_override_on_the_command_line_wins_over_the_experiment():
 
 
 def test_make_train_takes_an_experiment():
-    out = subprocess.run(["make", "-n", "train", "EXP=table1-eaft"], cwd=REPO, capture_output=True, text=True,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "train", "EXP=table1-eaft"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.splitlines()[-1].rstrip()
     assert out.endswith("-m training.train experiment=table1-eaft")
-    out = subprocess.run(["make", "-n", "train", "MODEL=m", "METHOD=e", "DATA=d"], cwd=REPO, capture_output=True,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "train", "MODEL=m", "METHOD=e", "DATA=d"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.splitlines()[-1].rstrip()
     assert out.endswith("-m training.train model=m method=e data=d")
 
