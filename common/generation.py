@@ -213,15 +213,29 @@ def run_vllm_subprocess(cmd: list[str], env: dict, out: Path, stdout=None, hint:
     vLLM's CPU engine sometimes dies of a C++ abort ("terminate called without an active exception", exit -6)
     in its background threads; the workers end with os._exit right after their atomic write, and a worker killed
     by a signal before writing is run once more. Any other failure, or a second one, raises.
+
+    os._exit skips vLLM's shutdown, so its engine-core process outlives the worker, holding our stdout/stderr
+    (a caller reading them through a pipe then waits forever). The worker therefore runs in its own process
+    group, and whatever is left of that group is killed when the worker has exited (or when we are interrupted).
     """
+    import signal
+
     for attempt in (1, 2):
-        proc = subprocess.run(cmd, env=env, cwd=str(REPO), stdout=stdout, check=False)
-        if proc.returncode == 0 and out.exists():
+        proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=stdout, start_new_session=True)
+        try:
+            returncode = proc.wait()
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        if returncode == 0 and out.exists():
             return
-        if proc.returncode < 0 and attempt == 1 and not out.exists():
-            print(f"vLLM worker killed by signal {-proc.returncode}; running it once more", file=sys.stderr)
+        if returncode < 0 and attempt == 1 and not out.exists():
+            print(f"vLLM worker killed by signal {-returncode}; running it once more", file=sys.stderr)
             continue
-        raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}): {' '.join(cmd)}" + (f"; {hint}" if hint else ""))
+        raise RuntimeError(f"vLLM worker failed (exit {returncode}): {' '.join(cmd)}" + (f"; {hint}" if hint else ""))
 
 
 def generate(model, conversations, *, backend: str = "hf", max_new_tokens: int = 512, temperature: float = 0.0,

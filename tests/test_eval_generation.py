@@ -62,3 +62,31 @@ def test_bad_arguments(tiny):
         generate(tiny, CONVS, max_model_len=4, progress=False)
     with pytest.raises(ValueError, match="vllm"):
         generate(tiny, CONVS, backend="vllm")  # an in-memory model cannot go to a vLLM worker
+
+
+def test_a_vllm_worker_leaves_no_process_behind(tmp_path):
+    """The workers os._exit after their atomic write, which skips vLLM's shutdown: its engine-core process would
+    outlive them holding the caller's stdout, and a caller reading that through a pipe waited forever (the vllm
+    tier's CLI test timed out that way). What is left of the worker's process group is killed when it exits."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from common.generation import run_vllm_subprocess
+
+    out, pid_file = tmp_path / "out.jsonl", tmp_path / "child.pid"
+    worker = (f"import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); open({str(out)!r}, 'w').write('{{}}\\n'); os._exit(0)")
+    run_vllm_subprocess([sys.executable, "-c", worker], dict(os.environ), out, stdout=subprocess.DEVNULL)
+    child = int(pid_file.read_text())
+    deadline = time.time() + 10  # SIGKILL is delivered asynchronously: allow the child a moment to die
+    while time.time() < deadline:
+        try:
+            state = open(f"/proc/{child}/stat").read().split()[2]
+        except FileNotFoundError:
+            return
+        if state == "Z":  # dead, waiting for init to reap it
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the worker's child {child} is still running (state {state})")
