@@ -252,16 +252,13 @@ def pilot(cfg, base: Base) -> dict:
 # ---- 3. knowledge probe -------------------------------------------------------------------------------------
 
 def answer_nll(model, tok, facts: list[dict]) -> dict[str, float]:
-    """{fact id: NLL (nats) of its answer turn}; a fact whose answer has no supervised token is absent (scored one
-    by one, so that response_nll's per_example, which drops such conversations, cannot misalign facts)."""
+    """{fact id: NLL (nats) of its answer turn}; a fact whose answer has no supervised token is absent."""
     from evaluation.likelihood import response_nll
 
-    out = {}
-    for f in facts:
-        per = response_nll(model, tok, [sd.fact_chat(f)], progress=False)["per_example"]
-        if per:
-            out[f["id"]] = per[0][0]
-    return out
+    if not facts:
+        return {}
+    r = response_nll(model, tok, [sd.fact_chat(f) for f in facts], batch_size=8, progress=False)
+    return {facts[i]["id"]: s for i, (s, _) in zip(r["kept"], r["per_example"])}
 
 
 def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
@@ -603,7 +600,7 @@ def main(cfg) -> dict:
     if cfg.pilot_only:
         setup(cfg, bundle=False)
         return pilot(cfg, base)
-    timer = Timer(out / "timing.json")
+    timer = Timer(out / "timing.json", "study")
     t0 = time.time()
     todo = cells(cfg)
     print(f"[study] profile={cfg.study_profile.name} arms={arm_names(cfg)} cells={len(todo)} "

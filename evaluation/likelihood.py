@@ -73,10 +73,14 @@ def _pad_id(tokenizer) -> int:
 def response_nll(model, tokenizer, conversations, *, max_length: int = 1024, batch_size: int = 4,
                  progress: bool = True) -> dict:
     """Mean NLL per supervised (assistant) token; conversations are message lists or {messages, tools} rows.
-    Returns {value (nats/token), n (conversations), stderr, tokens, per_example: [(nll_sum, tokens)]}."""
+    Returns {value (nats/token), n (conversations), stderr, tokens, per_example: [(nll_sum, tokens)], kept}:
+    a conversation with no supervised token after truncation is left out, so per_example[j] belongs to
+    conversations[kept[j]]."""
     model.eval()
     device = next(model.parameters()).device
-    enc = [e for e in _encode(tokenizer, conversations, max_length) if any(x != IGNORE_INDEX for x in e[1][1:])]
+    encoded = _encode(tokenizer, conversations, max_length)
+    kept = [i for i, e in enumerate(encoded) if any(x != IGNORE_INDEX for x in e[1][1:])]
+    enc = [encoded[i] for i in kept]
     sums, counts = [], []
     for ids, att, lab in tqdm(list(_batches(enc, batch_size, _pad_id(tokenizer), device)), desc="nll",
                               disable=not progress):
@@ -87,7 +91,7 @@ def response_nll(model, tokenizer, conversations, *, max_length: int = 1024, bat
         sums += (nll * mask).sum(1).tolist()
         counts += mask.sum(1).tolist()
     out = ratio_stats(sums, counts)
-    out["per_example"] = list(zip(sums, counts))
+    out["per_example"], out["kept"] = list(zip(sums, counts)), kept
     return out
 
 
@@ -159,7 +163,9 @@ def run_likelihood(bench: dict, ctx) -> dict:
         keep = select_subset(len(rows), ctx.limit, ctx.subset_seed)
         r = response_nll(model, tok, [rows[i] for i in keep], max_length=settings["max_length"],
                          batch_size=ctx.batch_size, progress=ctx.progress)
-        items = [{"id": str(i), "nll_sum": s, "tokens": t} for i, (s, t) in zip(keep, r["per_example"])]
+        # by r["kept"]: a row with no supervised token left after truncation is not scored, and must not shift
+        # the ids of the rows after it
+        items = [{"id": str(keep[j]), "nll_sum": s, "tokens": t} for j, (s, t) in zip(r["kept"], r["per_example"])]
         metric, value, stderr, n = "nll_per_token", r["value"], r["stderr"], r["n"]
         metrics = {"nll_per_token": value, "perplexity": math.exp(value), "tokens": r["tokens"]}
     elif bench["measure"] == "kl_to_base":
