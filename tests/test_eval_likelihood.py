@@ -114,3 +114,18 @@ def test_a_conversation_without_supervised_tokens_does_not_shift_the_ids_after_i
     run_likelihood(bench, ctx)
     items = [json.loads(x) for x in (tmp_path / "items/target_nll.jsonl").read_text().splitlines()]
     assert [(i["id"], i["tokens"]) for i in items] == [("0", alone[0][1]), ("2", alone[1][1]), ("3", alone[2][1])]
+
+
+def test_base_answers_from_a_file_are_used_as_they_are_and_a_gap_is_named(tmp_path):
+    import json
+
+    from evaluation.likelihood import answers_from_file
+
+    f = tmp_path / "general_kl.jsonl"
+    f.write_text("".join(json.dumps({"id": str(i), "base_answer": f"answer {i}", "kl_sum": 0.0}) + "\n"
+                         for i in (0, 2, 5)))
+    assert answers_from_file(f, [5, 0]) == ["answer 5", "answer 0"]
+    with pytest.raises(ValueError, match=r"general_kl.jsonl has no answer for item\(s\) \['1'\]"):
+        answers_from_file(f, [0, 1])
+    with pytest.raises(FileNotFoundError, match="base_answers_file"):
+        answers_from_file(tmp_path / "missing.jsonl", [0])
