@@ -42,8 +42,8 @@ class Timer:
     """Wall time of each stage, printed as it ends and kept in timing.json. A stage that found its work done
     (`skip()` inside the block) keeps the time measured by the run that did it, marked as cached."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, tag: str = "demo"):
+        self.path, self.tag = path, tag
         self.previous = json.loads(path.read_text()) if path.exists() else {}
         self.stages: dict[str, float | str] = {}
         self._skipped = False
@@ -53,7 +53,7 @@ class Timer:
 
     @contextmanager
     def __call__(self, name: str):
-        print(f"\n=== [demo] {name}", flush=True)
+        print(f"\n=== [{self.tag}] {name}", flush=True)
         t0, self._skipped = time.time(), False
         yield
         took = round(time.time() - t0, 1)
@@ -63,7 +63,7 @@ class Timer:
                 f"{before:.0f} (cached)" if before is not None else "cached")
         else:
             self.stages[name] = took
-        print(f"=== [demo] {name}: {self.stages[name]} s", flush=True)
+        print(f"=== [{self.tag}] {name}: {self.stages[name]} s", flush=True)
         self.save()  # after every stage, so a run that fails later keeps the times of what it did
 
     def save(self) -> None:

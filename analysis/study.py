@@ -50,7 +50,7 @@ from analysis.study_runs import (
     run_name,
     run_prefix,
 )
-from common.files import atomic_write_json, atomic_write_jsonl, repo_path, repo_relative, sha256_file
+from common.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, repo_path, repo_relative, sha256_file
 
 METHODS_DIR = repo_path("configs/method")
 
@@ -164,24 +164,28 @@ def arms_key(cfg) -> dict:
 
 
 def write_arms(cfg, base: Base) -> dict[str, Path]:
-    """<work_dir>/arms/<arm>/train.jsonl for every arm, rebuilt when missing or made for another arms_key.
+    """<work_dir>/arms/<arm>/train.jsonl for every arm, copied from <out_dir>/arms/<arm>.jsonl (committed), which
+    is built once per arms_key and rebuilt only when made for another one.
 
-    One folder per arm: training.precompute keeps its file beside the data (<folder>/precomputed/<model>.json, tied
-    to the data's sha256), so arms sharing a folder would share, and refuse, one Masked-SFT precompute file.
+    Committed because the arms are the study's independent variable and not bit-stable across machines: on_policy
+    is greedy decoding and the substitution plan one teacher-forced pass, whose results can differ across CPUs
+    (bf16 kernels) or library versions. A study continued on another machine trains on the same bytes, so its kept
+    runs stay valid (reuse_kept checks each kept run's data_sha256), and a reader can inspect what was injected.
 
-    The arms are gitignored (runs/), so a fresh checkout rebuilds them. That relies on determinism: the rows are
-    the first n_examples of the data file, on_policy is greedy decoding, the substitution draws come from an RNG
-    seeded by (seed, row index) and the plan from one teacher-forced pass. Greedy decoding and the pass's top-2
-    can still differ across CPUs or library versions (bf16 kernels); then an arm's sha256 differs, and its kept
-    runs are retrained (reuse_kept checks the kept run's data_sha256) and its share measured again (arms.json)."""
-    d = repo_path(cfg.work_dir) / "arms"
-    paths = {a: d / a / "train.jsonl" for a in arm_names(cfg)}
-    key, key_file = arms_key(cfg), d / "key.json"
-    if all(p.exists() for p in paths.values()) and key_file.exists() and json.loads(key_file.read_text()) == key:
-        return paths
-    for arm, rws in arm_rows(cfg, base, prompt_rows(cfg)).items():
-        atomic_write_jsonl(paths[arm], rws)
-    atomic_write_json(key_file, key)
+    One work folder per arm: training.precompute keeps its file beside the data (<folder>/precomputed/<model>.json,
+    tied to the data's sha256), so arms sharing a folder would share, and refuse, one Masked-SFT precompute file."""
+    kept_dir, work = repo_path(cfg.out_dir) / "arms", repo_path(cfg.work_dir) / "arms"
+    kept = {a: kept_dir / f"{a}.jsonl" for a in arm_names(cfg)}
+    key, key_file = arms_key(cfg), kept_dir / "key.json"
+    if not (all(p.exists() for p in kept.values()) and key_file.exists()
+            and json.loads(key_file.read_text()) == key):
+        for arm, rws in arm_rows(cfg, base, prompt_rows(cfg)).items():
+            atomic_write_jsonl(kept[arm], rws)
+        atomic_write_json(key_file, key)
+    paths = {a: work / a / "train.jsonl" for a in kept}
+    for arm, src in kept.items():
+        if not paths[arm].exists() or paths[arm].read_bytes() != src.read_bytes():
+            atomic_write_text(paths[arm], src.read_text())
     return paths
 
 
@@ -252,16 +256,13 @@ def pilot(cfg, base: Base) -> dict:
 # ---- 3. knowledge probe -------------------------------------------------------------------------------------
 
 def answer_nll(model, tok, facts: list[dict]) -> dict[str, float]:
-    """{fact id: NLL (nats) of its answer turn}; a fact whose answer has no supervised token is absent (scored one
-    by one, so that response_nll's per_example, which drops such conversations, cannot misalign facts)."""
+    """{fact id: NLL (nats) of its answer turn}; a fact whose answer has no supervised token is absent."""
     from evaluation.likelihood import response_nll
 
-    out = {}
-    for f in facts:
-        per = response_nll(model, tok, [sd.fact_chat(f)], progress=False)["per_example"]
-        if per:
-            out[f["id"]] = per[0][0]
-    return out
+    if not facts:
+        return {}
+    r = response_nll(model, tok, [sd.fact_chat(f) for f in facts], batch_size=8, progress=False)
+    return {facts[i]["id"]: s for i, (s, _) in zip(r["kept"], r["per_example"])}
 
 
 def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
@@ -458,6 +459,11 @@ def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool, fres
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(g['benchmarks'])}]",
                      f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *g["overrides"]]
+        base_items = repo_path(cfg.metrics_dir) / base_run_name(cfg) / "items" / "general_kl.jsonl"
+        if name != base_run_name(cfg) and "general_kl" in g["benchmarks"]:
+            # the base evaluation's answers (committed), not this machine's greedy decoding of them: greedy bf16
+            # decoding differs across CPUs, and a study continued on another machine must pair over the same text
+            overrides.append(f"bench.general_kl.base_answers_file={base_items}")
         metrics = repo_path(cfg.metrics_dir) / name
         stale = "knowledge_nll" in g["benchmarks"] and not probe_items_match(metrics, probe_file)
         if fresh or stale or not group_done(metrics, _ns(g)):
@@ -495,8 +501,8 @@ def _ns(g: dict):
 
 def injected_heldout(cfg, base: Base) -> tuple[list[dict], list[list[int]]]:
     """The natural held-out solutions, tags removed, with the highest dose's substitution rule applied; per row,
-    the positions (in tokenize_chat's ids) of the substituted tokens. Cached in <work_dir> under a key of what it
-    depends on (model, held-out file, limit, dose, min_gap, seed); deterministic like the arms (write_arms)."""
+    the positions (in tokenize_chat's ids) of the substituted tokens. Kept in <out_dir> (committed) under a key of
+    what it depends on (model, held-out file, limit, dose, min_gap, seed), for the reason the arms are (write_arms)."""
     from common.files import sha256_json
     from training.data import read_chat_jsonl, tokenize_chat
 
@@ -505,7 +511,7 @@ def injected_heldout(cfg, base: Base) -> tuple[list[dict], list[list[int]]]:
     key = {"model": cfg.model.name, "name_or_path": cfg.model.get("name_or_path"),
            "heldout_sha256": sha256_file(repo_path(p.heldout_file)), "limit": p.injected_heldout.limit,
            "dose": dose, "min_gap": int(p.min_gap), "seed": int(cfg.seed) + 1}
-    path = repo_path(cfg.work_dir) / f"injected_heldout-{sha256_json(key)[:16]}.jsonl"
+    path = repo_path(cfg.out_dir) / f"injected_heldout-{sha256_json(key)[:16]}.jsonl"  # committed, as the arms
     if not path.exists():
         model, tok = base()
         rows = [dict(r) for r in read_chat_jsonl(repo_path(p.heldout_file))][: p.injected_heldout.limit]
@@ -603,7 +609,7 @@ def main(cfg) -> dict:
     if cfg.pilot_only:
         setup(cfg, bundle=False)
         return pilot(cfg, base)
-    timer = Timer(out / "timing.json")
+    timer = Timer(out / "timing.json", "study")
     t0 = time.time()
     todo = cells(cfg)
     print(f"[study] profile={cfg.study_profile.name} arms={arm_names(cfg)} cells={len(todo)} "

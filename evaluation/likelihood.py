@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.files import atomic_write_jsonl
+from common.files import atomic_write_jsonl, read_jsonl, repo_path, repo_relative
 from training.data import IGNORE_INDEX, tokenize_chat
 
 
@@ -73,10 +73,14 @@ def _pad_id(tokenizer) -> int:
 def response_nll(model, tokenizer, conversations, *, max_length: int = 1024, batch_size: int = 4,
                  progress: bool = True) -> dict:
     """Mean NLL per supervised (assistant) token; conversations are message lists or {messages, tools} rows.
-    Returns {value (nats/token), n (conversations), stderr, tokens, per_example: [(nll_sum, tokens)]}."""
+    Returns {value (nats/token), n (conversations), stderr, tokens, per_example: [(nll_sum, tokens)], kept}:
+    a conversation with no supervised token after truncation is left out, so per_example[j] belongs to
+    conversations[kept[j]]."""
     model.eval()
     device = next(model.parameters()).device
-    enc = [e for e in _encode(tokenizer, conversations, max_length) if any(x != IGNORE_INDEX for x in e[1][1:])]
+    encoded = _encode(tokenizer, conversations, max_length)
+    kept = [i for i, e in enumerate(encoded) if any(x != IGNORE_INDEX for x in e[1][1:])]
+    enc = [encoded[i] for i in kept]
     sums, counts = [], []
     for ids, att, lab in tqdm(list(_batches(enc, batch_size, _pad_id(tokenizer), device)), desc="nll",
                               disable=not progress):
@@ -87,7 +91,7 @@ def response_nll(model, tokenizer, conversations, *, max_length: int = 1024, bat
         sums += (nll * mask).sum(1).tolist()
         counts += mask.sum(1).tolist()
     out = ratio_stats(sums, counts)
-    out["per_example"] = list(zip(sums, counts))
+    out["per_example"], out["kept"] = list(zip(sums, counts)), kept
     return out
 
 
@@ -128,6 +132,20 @@ def kl_to_base(model, base_model, tokenizer, prompts, *, base_answers: list[str]
 
 # ---- as benchmarks (target_nll, general_kl; configs/benchmark/) -------------------------------------------------
 
+def answers_from_file(path, ids: list[int]) -> list[str]:
+    """The base answers of items `ids` from a general_kl items file (rows {id, base_answer}, as a base evaluation
+    writes them): fixed answer texts, so runs evaluated on different machines pair over the same tokens."""
+    if not path.exists():
+        raise FileNotFoundError(f"bench.general_kl.base_answers_file: {path} does not exist; point it at a base "
+                                "evaluation's items/general_kl.jsonl, or leave it null to generate the answers")
+    found = {str(r["id"]): r["base_answer"] for r in read_jsonl(path)}
+    missing = [str(i) for i in ids if str(i) not in found]
+    if missing:
+        raise ValueError(f"bench.general_kl.base_answers_file: {path} has no answer for item(s) {missing[:5]} "
+                         f"({len(missing)} of {len(ids)}): it was made with another limit or prompt file")
+    return [found[str(i)] for i in ids]
+
+
 def _prompt_of(row: dict, where: str):
     if isinstance(row.get("messages"), list):
         msgs = [m for m in row["messages"] if m.get("role") != "assistant"]
@@ -159,7 +177,9 @@ def run_likelihood(bench: dict, ctx) -> dict:
         keep = select_subset(len(rows), ctx.limit, ctx.subset_seed)
         r = response_nll(model, tok, [rows[i] for i in keep], max_length=settings["max_length"],
                          batch_size=ctx.batch_size, progress=ctx.progress)
-        items = [{"id": str(i), "nll_sum": s, "tokens": t} for i, (s, t) in zip(keep, r["per_example"])]
+        # by r["kept"]: a row with no supervised token left after truncation is not scored, and must not shift
+        # the ids of the rows after it
+        items = [{"id": str(keep[j]), "nll_sum": s, "tokens": t} for j, (s, t) in zip(r["kept"], r["per_example"])]
         metric, value, stderr, n = "nll_per_token", r["value"], r["stderr"], r["n"]
         metrics = {"nll_per_token": value, "perplexity": math.exp(value), "tokens": r["tokens"]}
     elif bench["measure"] == "kl_to_base":
@@ -172,20 +192,24 @@ def run_likelihood(bench: dict, ctx) -> dict:
         base_pair = _load_base(ctx)
         settings |= {"max_new_tokens": int(ctx.setting(bench, "max_new_tokens", 128)), "base_model": ctx.base_model_cfg.get(
             "name_or_path"), "base_answers": "greedy"}
-        from evaluation.context import model_fingerprint
+        if bench.get("base_answers_file"):
+            answers = answers_from_file(repo_path(bench["base_answers_file"]), keep)
+            settings["base_answers"] = repo_relative(repo_path(bench["base_answers_file"]))
+        else:
+            from evaluation.context import model_fingerprint
 
-        # the base model's answers depend on the base model only: cache them for every run compared with it
-        cache = ItemStore((ctx.cache_dir or ctx.items_dir) / "general_kl_base_answers.jsonl",
-                          fingerprint({"base": model_fingerprint(ctx.base_model_cfg, ctx.seed), "data": sha256_file(path),
-                                       "max_new_tokens": settings["max_new_tokens"]}))
-        todo = [i for i, k in enumerate(keep) if str(k) not in cache.done]
-        if todo:
-            from common.generation import generate
+            # the base model's answers depend on the base model only: cache them for every run compared with it
+            cache = ItemStore((ctx.cache_dir or ctx.items_dir) / "general_kl_base_answers.jsonl",
+                              fingerprint({"base": model_fingerprint(ctx.base_model_cfg, ctx.seed),
+                                           "data": sha256_file(path), "max_new_tokens": settings["max_new_tokens"]}))
+            todo = [i for i, k in enumerate(keep) if str(k) not in cache.done]
+            if todo:
+                from common.generation import generate
 
-            outs = generate(base_pair, [prompts[i] for i in todo], max_new_tokens=settings["max_new_tokens"],
-                            batch_size=ctx.batch_size, progress=ctx.progress)
-            cache.add([{"id": str(keep[i]), "answer": o[0]} for i, o in zip(todo, outs)])
-        answers = [cache.done[str(k)]["answer"] for k in keep]
+                outs = generate(base_pair, [prompts[i] for i in todo], max_new_tokens=settings["max_new_tokens"],
+                                batch_size=ctx.batch_size, progress=ctx.progress)
+                cache.add([{"id": str(keep[i]), "answer": o[0]} for i, o in zip(todo, outs)])
+            answers = [cache.done[str(k)]["answer"] for k in keep]
         r = kl_to_base(model, base_pair[0], tok, prompts, base_answers=answers, max_length=settings["max_length"],
                        batch_size=ctx.batch_size, progress=ctx.progress)
         items = [{"id": str(k), "prompt": p, "base_answer": a, "kl_sum": kl, "nll_sum": nll, "tokens": t}

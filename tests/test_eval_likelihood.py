@@ -87,3 +87,45 @@ def test_kl_generates_base_answers_when_missing(models):
     assert len(d["base_answers"]) == 2 and d["kl"]["n"] == 2 and d["kl"]["value"] > 0
     with pytest.raises(ValueError, match="base answers"):
         kl_to_base(tuned, base, tok, ["a", "b"], base_answers=["x"], progress=False)
+
+
+def test_a_conversation_without_supervised_tokens_does_not_shift_the_ids_after_it(models, tmp_path):
+    """A row whose answer is cut away by max_length is not scored; the rows after it keep their own ids and sums
+    (run_likelihood once zipped the kept row indices with the shorter per_example list)."""
+    import json
+    from types import SimpleNamespace
+
+    from evaluation.likelihood import run_likelihood
+
+    base, _, tok = models
+    long_prompt = [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "cut away"}]
+    chats = [CHATS[0], long_prompt, CHATS[1], CHATS[2]]
+    r = response_nll(base, tok, chats, max_length=64, progress=False)
+    assert r["kept"] == [0, 2, 3] and r["n"] == 3
+    alone = [response_nll(base, tok, [c], max_length=64, progress=False)["per_example"][0] for c in CHATS]
+    assert [t for _, t in r["per_example"]] == [t for _, t in alone]
+
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    ctx = SimpleNamespace(pair=lambda: (base, tok), limit=None, subset_seed=0, batch_size=2, progress=False,
+                          items_dir=tmp_path / "items")
+    bench = {"name": "target_nll", "measure": "response_nll", "source": "local", "max_length": 64,
+             "local": {"data_files": [str(data)]}}
+    run_likelihood(bench, ctx)
+    items = [json.loads(x) for x in (tmp_path / "items/target_nll.jsonl").read_text().splitlines()]
+    assert [(i["id"], i["tokens"]) for i in items] == [("0", alone[0][1]), ("2", alone[1][1]), ("3", alone[2][1])]
+
+
+def test_base_answers_from_a_file_are_used_as_they_are_and_a_gap_is_named(tmp_path):
+    import json
+
+    from evaluation.likelihood import answers_from_file
+
+    f = tmp_path / "general_kl.jsonl"
+    f.write_text("".join(json.dumps({"id": str(i), "base_answer": f"answer {i}", "kl_sum": 0.0}) + "\n"
+                         for i in (0, 2, 5)))
+    assert answers_from_file(f, [5, 0]) == ["answer 5", "answer 0"]
+    with pytest.raises(ValueError, match=r"general_kl.jsonl has no answer for item\(s\) \['1'\]"):
+        answers_from_file(f, [0, 1])
+    with pytest.raises(FileNotFoundError, match="base_answers_file"):
+        answers_from_file(tmp_path / "missing.jsonl", [0])

@@ -260,6 +260,15 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     assert len(set(pre.values())) == 2
     for a, path in pre.items():
         assert json.loads(path.read_text())["data_sha256"] == sha256_file(arms[a])
+    # the arms are committed in the report folder (the independent variable, not bit-stable across machines) and
+    # trained from byte-identical copies; the runs pair over the base evaluation's own general_kl answers
+    kept_arms = {p.stem: p for p in (out / "arms").glob("*.jsonl")}
+    assert set(kept_arms) == set(arms) and all(kept_arms[a].read_bytes() == arms[a].read_bytes() for a in arms)
+    assert list(out.glob("injected_heldout-*.jsonl"))
+    settings = json.loads((tmp_path / "metrics" / summary["cells"][0]["run"] / "general_kl.json").read_text())["settings"]
+    assert settings["base_answers"].endswith("study-tiny-base/items/general_kl.jsonl")
+    base_settings = json.loads((tmp_path / "metrics" / "study-tiny-base" / "general_kl.json").read_text())["settings"]
+    assert base_settings["base_answers"] == "greedy"
     # the probe is disjoint from every arm's texts and from the held-out target; its items carry the fact ids
     probe = [json.loads(x) for x in (tmp_path / "work" / "probe.jsonl").read_text().splitlines()]
     facts = {f["id"]: f for f in sd.read_facts(FACTS)}
@@ -291,8 +300,11 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     shutil.rmtree(tmp_path / "runs")
     shutil.rmtree(tmp_path / "work")
+    committed = snapshot(out / "arms") | {p.name: p.stat().st_mtime_ns for p in out.glob("injected_heldout-*")}
     reused = run_study(tmp_path, "reuse_kept=true")
     assert reused.stdout.count("trained and evaluated before") == TINY_CELLS
+    # the committed arms and injected held-out rows are used as they are, not rebuilt
+    assert committed == snapshot(out / "arms") | {p.name: p.stat().st_mtime_ns for p in out.glob("injected_heldout-*")}
     assert "[train]" not in reused.stdout and not list((tmp_path / "runs").glob("study-*"))
     assert json.loads((out / "summary.json").read_text()) == summary
     # a kept run trained on other bytes than the arm file holds now is retrained, with the reason, never mixed in
