@@ -50,7 +50,14 @@ from analysis.study_runs import (
     run_name,
     run_prefix,
 )
-from common.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, repo_path, repo_relative, sha256_file
+from common.files import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    repo_path,
+    repo_relative,
+    sha256_file,
+)
 
 METHODS_DIR = repo_path("configs/method")
 
