@@ -72,6 +72,7 @@ def test_a_vllm_worker_leaves_no_process_behind(tmp_path):
     import subprocess
     import sys
     import time
+    from pathlib import Path
 
     from common.generation import run_vllm_subprocess
 
@@ -83,7 +84,7 @@ def test_a_vllm_worker_leaves_no_process_behind(tmp_path):
     deadline = time.time() + 10  # SIGKILL is delivered asynchronously: allow the child a moment to die
     while time.time() < deadline:
         try:
-            state = open(f"/proc/{child}/stat").read().split()[2]
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
         except FileNotFoundError:
             return
         if state == "Z":  # dead, waiting for init to reap it
