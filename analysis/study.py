@@ -262,21 +262,22 @@ def pilot(cfg, base: Base) -> dict:
 
 # ---- 3. knowledge probe -------------------------------------------------------------------------------------
 
-def answer_nll(model, tok, facts: list[dict]) -> dict[str, float]:
-    """{fact id: NLL (nats) of its answer turn}; a fact whose answer has no supervised token is absent."""
+def answer_nll(model, tok, chats: list[dict]) -> dict[str, float]:
+    """{row id: NLL (nats) of its answer turn}; a row whose answer has no supervised token is absent."""
     from evaluation.likelihood import response_nll
 
-    if not facts:
+    if not chats:
         return {}
-    r = response_nll(model, tok, [sd.fact_chat(f) for f in facts], batch_size=8, progress=False)
-    return {facts[i]["id"]: s for i, (s, _) in zip(r["kept"], r["per_example"])}
+    r = response_nll(model, tok, chats, batch_size=8, progress=False)
+    return {chats[i]["id"]: s for i, (s, _) in zip(r["kept"], r["per_example"])}
 
 
 def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
-    """<work_dir>/probe.jsonl: the facts the base model knows confidently and that no training or held-out text
-    states. Selected once per model, facts file and probe settings, and recorded in <out_dir>/probe.json
-    (committed): when it holds the kept ids, probe.jsonl is rebuilt from them (a fresh checkout evaluates exactly
-    the committed facts). Checked against every arm on each invocation."""
+    """<work_dir>/probe.jsonl: facts the base model knows confidently, each with the base model's own greedy answer
+    turn (retention = the change in its log-probability), none stated by any training arm or the held-out target.
+    Selected once per model, facts file and probe settings, and recorded in <out_dir>/probe.json (committed) with
+    the answer texts: probe.jsonl is rebuilt from that record, so a fresh checkout or another machine evaluates
+    exactly the committed items. Checked against every arm on each invocation."""
     from training.data import read_chat_jsonl
 
     texts = [m["content"] for p in [*paths.values(), repo_path(cfg.study_profile.heldout_file)]
@@ -286,9 +287,9 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     facts = sd.read_facts(repo_path(cfg.facts_file))
     by_id = {f["id"]: f for f in facts}
     key = {"model": cfg.model.name, "facts_sha256": sha256_file(repo_path(cfg.facts_file)),
-           "probe": dict(cfg.study_profile.probe)}
+           "probe": dict(cfg.study_profile.probe), "answer_turn": "base_greedy"}
     recorded = json.loads(info.read_text()) if info.exists() else {}
-    if recorded.get("key") != key or "kept_ids" not in recorded:
+    if recorded.get("key") != key or "kept" not in recorded:
         from common.generation import generate
 
         pc = cfg.study_profile.probe
@@ -297,22 +298,24 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
         model, tok = base()
         gens = generate((model, tok), [f["prompt"] for f in kept], max_new_tokens=pc.max_new_tokens)
         # the tiny random model knows nothing: its profile keeps every candidate (require_correct: false)
-        right = [f for f, (g,) in zip(kept, gens) if sd.answer_matches(g, f["answer"]) or not pc.require_correct]
+        right = [sd.fact_chat(f, g) for f, (g,) in zip(kept, gens)
+                 if sd.answer_matches(g, f["answer"]) or not pc.require_correct]
         nll = answer_nll(model, tok, right)
-        known = [f for f in right if f["id"] in nll and math.exp(-nll[f["id"]]) >= pc.min_prob]
+        known = [c for c in right if c["id"] in nll and math.exp(-nll[c["id"]]) >= pc.min_prob]
         recorded = {"key": key, "candidates": len(facts), "stated_in_training_or_heldout": len(dropped),
-                    "answered_correctly": len(right), "kept": len(known), "kept_ids": [f["id"] for f in known]}
+                    "answered_correctly": len(right), "n_kept": len(known),
+                    "kept": [{"id": c["id"], "answer": c["messages"][-1]["content"]} for c in known]}
         atomic_write_json(info, recorded)
-    missing = [i for i in recorded["kept_ids"] if i not in by_id]
+    missing = [k["id"] for k in recorded["kept"] if k["id"] not in by_id]
     if missing:
         raise ValueError(f"{info}: kept facts {missing} are not in {cfg.facts_file}")
-    rows = [sd.fact_chat(by_id[i]) for i in recorded["kept_ids"]]
+    rows = [sd.fact_chat(by_id[k["id"]], k["answer"]) for k in recorded["kept"]]
     if not out.exists() or [json.loads(x) for x in out.read_text().splitlines()] != rows:
         atomic_write_jsonl(out, rows)
     if len(rows) < cfg.study_profile.probe.min_items:
         raise ValueError(f"{info}: only {len(rows)} probe facts (study_profile.probe.min_items = "
                          f"{cfg.study_profile.probe.min_items}); add facts to {cfg.facts_file}")
-    leaked = [f["id"] for f in sd.disjoint_facts([by_id[i] for i in recorded["kept_ids"]], texts)[1]]
+    leaked = [f["id"] for f in sd.disjoint_facts([by_id[k["id"]] for k in recorded["kept"]], texts)[1]]
     if leaked:
         raise ValueError(f"probe facts {leaked} are stated in a training arm or the held-out target: delete {info}")
     return out

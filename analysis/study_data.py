@@ -236,15 +236,19 @@ def disjoint_facts(facts: list[dict], texts: list[str]) -> tuple[list[dict], lis
     return kept, dropped
 
 
-def fact_chat(fact: dict) -> dict:
-    """A probe item as a chat row, scored like the target (evaluation.likelihood.response_nll)."""
+def fact_chat(fact: dict, answer: str | None = None) -> dict:
+    """A probe item as a chat row, scored like the target (evaluation.likelihood.response_nll): the fact's prompt
+    and `answer` (the base model's own answer turn; default the fact's bare answer)."""
     return {"id": fact["id"], "messages": [{"role": "user", "content": fact["prompt"]},
-                                           {"role": "assistant", "content": fact["answer"]}]}
+                                           {"role": "assistant", "content": fact["answer"] if answer is None else answer}]}
 
 
 def answer_matches(generated: str, answer: str) -> bool:
-    """The greedy answer is the fact's answer: same words, case and a final full stop ignored."""
+    """The greedy answer gives the fact's answer: it is the answer, or a sentence ending in it ("The capital of
+    France is Paris."), case, spacing and final punctuation ignored. Ending in it, not containing it: "The opposite
+    of cold is hot." contains the answer to "the opposite of hot" but does not give it."""
     def norm(s: str) -> str:
-        return " ".join(s.strip().rstrip(".").lower().split())
+        return " ".join(s.strip().rstrip(".!\"'").lower().split())
 
-    return norm(generated) == norm(answer)
+    g, a = norm(generated), norm(answer)
+    return bool(a) and (g == a or g.endswith(" " + a))

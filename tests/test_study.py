@@ -115,7 +115,9 @@ def test_the_committed_facts_are_well_formed_and_the_disjointness_rule_catches_s
     kept, dropped = sd.disjoint_facts(facts, texts)
     assert paris in dropped and len(kept) == len(facts) - len(dropped)
     assert paris in sd.disjoint_facts([paris], texts[:1])[0]  # the answer alone is no statement of the fact
-    assert sd.answer_matches(" paris.", "Paris") and not sd.answer_matches("The capital is Paris", "Paris")
+    assert sd.answer_matches(" paris.", "Paris") and sd.answer_matches("The capital of France is Paris.", "Paris")
+    assert not sd.answer_matches("Paris is the capital", "Paris") and not sd.answer_matches("Comparis", "Paris")
+    assert not sd.answer_matches("The opposite of cold is hot.", "cold") and not sd.answer_matches("", "")
 
 
 def test_facts_file_errors_name_the_line(tmp_path):
