@@ -405,7 +405,6 @@ def data_differs(run_dir: Path, train_file: Path) -> bool:
 def train(cfg, cell: dict, train_file: Path, bf16: bool, timer: Timer) -> tuple[Path, bool]:
     """Train one cell unless it finished with the same config and data (then reused); returns (run dir, trained
     now). A finished run made with other settings or other data is moved aside to <run>.old and retrained."""
-
     from training.train import main as train_main
 
     run_dir = repo_path(cfg.runs_dir) / run_name(cfg, cell)
@@ -469,10 +468,10 @@ def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool, fres
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(g['benchmarks'])}]",
                      f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *g["overrides"]]
-        base_items = repo_path(cfg.metrics_dir) / base_run_name(cfg) / "items" / "general_kl.jsonl"
         if name != base_run_name(cfg) and "general_kl" in g["benchmarks"]:
             # the base evaluation's answers (committed), not this machine's greedy decoding of them: greedy bf16
             # decoding differs across CPUs, and a study continued on another machine must pair over the same text
+            base_items = repo_path(cfg.metrics_dir) / base_run_name(cfg) / "items" / "general_kl.jsonl"
             overrides.append(f"bench.general_kl.base_answers_file={base_items}")
         metrics = repo_path(cfg.metrics_dir) / name
         stale = "knowledge_nll" in g["benchmarks"] and not probe_items_match(metrics, probe_file)
@@ -590,22 +589,18 @@ def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, position
                        "items_file": repo_relative(d / "items" / f"{INJECTED_LEARNED}.jsonl")})
 
 
-def check_base_answers(cfg, names: list[str], probe_file: Path, bf16: bool, timer: Timer) -> None:
-    """general_kl pairs runs over the base model's greedy answers, which each evaluation regenerates (cached in
-    the gitignored <metrics_dir>/_cache) and which are not bit-stable across CPUs: as make demo does, evaluate the
-    base model again when its answers differ from this invocation's runs', and refuse to mix runs whose answers
-    still differ (kept with reuse_kept=true from another machine)."""
+def check_base_answers(cfg, names: list[str]) -> None:
+    """Every cell's general_kl is evaluated over the base evaluation's own answers (base_answers_file, see
+    evaluate), so they can differ only when the base evaluation was made again after a cell's. Evaluating the base
+    once more would not help (greedy bf16 decoding differs across CPUs, and it would replace the answers every
+    other cell paired over): refuse, naming what to evaluate again."""
     base = base_run_name(cfg)
-    if differing_base_answers(cfg, base, names):
-        print(f"[study] {base}: its general_kl base answers differ from the runs' (evaluated on another machine or "
-              "library version): evaluating the base model again", flush=True)
-        with timer("evaluate the base model again"):
-            evaluate(cfg, cfg.model.name, base, probe_file, bf16, fresh=True)
     stale = differing_base_answers(cfg, base, names)
     if stale:
-        raise RuntimeError(f"general_kl: the base model's answers in {stale} (kept from an earlier invocation, "
-                           f"reuse_kept=true) differ from {base}'s, so they cannot be paired; run without "
-                           "reuse_kept=true to retrain and evaluate them on this machine")
+        raise RuntimeError(f"general_kl: {stale} were evaluated over other base answers than {base}'s "
+                           f"({repo_path(cfg.metrics_dir) / base / 'items' / 'general_kl.jsonl'}), so they cannot be "
+                           f"paired; delete their general_kl.json in {repo_path(cfg.metrics_dir)}/<run>/ to evaluate "
+                           "them again over the base's answers")
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -653,7 +648,7 @@ def main(cfg) -> dict:
             evaluate(cfg, str(run_dir), name, probe_file, bf16, fresh)
             injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos, fresh)
         done[name] = cell
-    check_base_answers(cfg, list(done), probe_file, bf16, timer)
+    check_base_answers(cfg, list(done))
     from analysis.study_report import report
 
     with timer("report"):
