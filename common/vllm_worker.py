@@ -51,10 +51,16 @@ def main(argv=None) -> None:
     tmp.replace(a.output)
 
 
-if __name__ == "__main__":  # vLLM spawns an engine process: the guard keeps it from re-running main
-    main()
-    # the output is written (atomically); skip interpreter teardown, where vLLM's CPU engine threads sometimes
-    # abort ("terminate called without an active exception") and would turn a finished run into exit -6
+def exit_skipping_teardown() -> None:
+    """Exit 0 without interpreter teardown, once a vLLM process's output is written (atomically): at teardown
+    vLLM's CPU engine threads sometimes abort ("terminate called without an active exception") and would turn a
+    finished run into exit -6. Anything the engine leaves behind is killed by the caller
+    (common.generation.run_vllm_subprocess)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+if __name__ == "__main__":  # vLLM spawns an engine process: the guard keeps it from re-running main
+    main()
+    exit_skipping_teardown()

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import sys
 from pathlib import Path
 
 from common.files import atomic_write_text
@@ -176,9 +174,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":  # vLLM spawns an engine process: the guard keeps it from re-running main
+    from common.vllm_worker import exit_skipping_teardown
+
     main()
-    # the output is written (atomically); skip interpreter teardown, where vLLM's CPU engine threads sometimes
-    # abort ("terminate called without an active exception") and would turn a finished run into exit -6
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_skipping_teardown()

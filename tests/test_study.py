@@ -283,8 +283,16 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     assert snapshot(REPO / "results" / "metrics") == repo_metrics
     assert not (REPO / "results" / "metrics" / "study-tiny-base").exists()
 
+    first = json.loads((out / "timing.json").read_text())
+    kept = {f: (out / f).stat().st_mtime_ns for f in ("open_questions.json", "probe.json", "arms.json")}
     again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
     assert again.stdout.count("already trained") == TINY_CELLS and "[train]" not in again.stdout
+    assert kept == {f: (out / f).stat().st_mtime_ns for f in kept}  # nothing on the base model made again
+    # and timing.json keeps the times of the invocation that did the work, marked cached
+    timing = json.loads((out / "timing.json").read_text())
+    for stage in ("arms: training files and measured conflict shares", "knowledge probe",
+                  "open questions: gate and top-K vs temperature", "evaluate the base model"):
+        assert timing[stage] == f"{first[stage]:.0f} (cached)", (stage, first[stage], timing[stage])
 
     # a cell trained again in this invocation is evaluated again in full: no metric of the old weights survives
     retrained = summary["cells"][0]["run"]
