@@ -46,6 +46,9 @@ def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool =
     if len(common) < 2:
         return None
     first = next(iter(pairs.values()))
+    if any(p[k][1] != first[k][1] for p in pairs.values() for k in common):
+        raise ValueError(f"{bench}: token counts differ between {list(terms)} on shared items; they were not "
+                         "scored over the same tokens (for general_kl: other base answers)")
     x = [sum(c * pairs[run][k][0] for run, c in terms.items()) for k in common]
     t = [1.0 if per_item else first[k][1] for k in common]
     st = ratio_stats(x, t)
@@ -53,13 +56,18 @@ def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool =
 
 
 def seed_mean(parts: list[dict]) -> dict | None:
-    """Mean of per-seed contrasts, SE from their SEs (seeds independent)."""
+    """Mean of per-seed contrasts. `se`: the preregistered SE, from the per-seed item SEs as if the seeds were
+    independent; it holds no training noise, and the seeds share their items. `se_seeds`: the SE of the mean over
+    the seeds' spread (std / sqrt(n), from 2 seeds; None for one), which does (results/LOG.md, 2026-12-03)."""
     parts = [p for p in parts if p is not None]
     if not parts:
         return None
-    se = (math.sqrt(sum(p["stderr"] ** 2 for p in parts)) / len(parts)
+    n = len(parts)
+    mean = sum(p["diff"] for p in parts) / n
+    se = (math.sqrt(sum(p["stderr"] ** 2 for p in parts)) / n
           if all(p["stderr"] is not None for p in parts) else None)
-    return {"value": sum(p["diff"] for p in parts) / len(parts), "se": se, "seeds": len(parts)}
+    se_seeds = math.sqrt(sum((p["diff"] - mean) ** 2 for p in parts) / (n - 1) / n) if n > 1 else None
+    return {"value": mean, "se": se, "se_seeds": se_seeds, "seeds": n}
 
 
 def cell_measures(loaded: dict, base: str, run: str) -> dict:
@@ -104,7 +112,9 @@ PREDICTIONS = [
 
 
 def verdict(value: float | None, se: float | None, sign: int) -> str:
-    """sign +1 / -1: confirmed beyond Z SE in that direction, refuted beyond Z SE against it; sign 0: equivalence."""
+    """sign +1 / -1: confirmed beyond Z SE in that direction, refuted beyond Z SE against it; sign 0: equivalence.
+    For sign 0 the preregistered table's two conditions (refuted: |d| > 2 SE; confirmed: |d| + 2 SE < margin) can
+    both hold; refuted is checked first, as this code did before any result (see within_margin_note)."""
     if value is None or se is None:
         return "unresolved"
     if sign == 0:
@@ -158,22 +168,35 @@ def prediction_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_ar
             if c is not None and bench in (PROBE, INJECTED):
                 c = {**c, "diff": -c["diff"]}  # nll -> log p: retention and learning are log-probability gains
             parts.append(c)
-        m_ = seed_mean(parts)
-        value, se = (m_["value"], m_["se"]) if m_ else (None, None)
+        m_ = seed_mean(parts) or {"value": None, "se": None, "se_seeds": None, "seeds": 0}
+        value, se, se_seeds = m_["value"], m_["se"], m_["se_seeds"]
+        wider = None if se is None or se_seeds is None else verdict(value, max(se, se_seeds), sign)
         out.append({"id": pid, "text": text, "verdict": verdict(value, se, sign), "value": value, "se": se,
-                    "seeds": m_["seeds"] if m_ else 0, "measure": bench})
+                    "seeds": m_["seeds"], "measure": bench, "se_seeds": se_seeds,
+                    "verdict_wider_se": wider, "sign": sign})  # None: one seed, no SE over seeds
     return out
+
+
+def within_margin_note(p: dict) -> str | None:
+    """An equivalence prediction refuted by a difference beyond 2 SE that still lies inside the margin."""
+    if p["sign"] != 0 or p["verdict"] != "refuted" or abs(p["value"]) + Z * p["se"] >= EQUIVALENCE_MARGIN:
+        return None
+    return (f"{p['id']}: the difference is beyond {Z:g} SE (refuted) but |d| + {Z:g} SE = "
+            f"{abs(p['value']) + Z * p['se']:.4f} lies inside the {EQUIVALENCE_MARGIN} equivalence margin: a "
+            "difference exists and is smaller than the margin. The preregistered table's two conditions both hold; "
+            "the refutation is reported, as the rule was coded before any result.")
 
 
 # ---- figures ------------------------------------------------------------------------------------------------
 
 def _agg(cells: list[dict], key: str) -> tuple[float, float]:
     """Mean over seeds, and its error bar: the SE over items for one seed, the std / sqrt(n) over seeds."""
-    vals = [c[key] for c in cells if c[key] is not None]
+    have = [c for c in cells if c[key] is not None]
+    vals = [c[key] for c in have]
     if not vals:
         return math.nan, math.nan
     if len(vals) == 1:
-        return vals[0], cells[0].get(key + "_se") or 0.0
+        return vals[0], have[0].get(key + "_se") or 0.0
     mean = sum(vals) / len(vals)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
 
@@ -192,40 +215,56 @@ def dose_response(arms: list[dict], cells: list[dict], main_lr: float):
 
     share = {a["name"]: 100 * a["measured_conflict_share"] for a in arms}
     g = group(cells)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    span = max(share.values()) - min(share.values()) if share else 0.0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, key, label in ((axes[0], "kl_to_base", "drift: KL(tuned || base) per token ↓"),
                            (axes[1], "knowledge_retention", "knowledge retention: Δ log p of known facts ↑")):
-        for m in dict.fromkeys(c["method"] for c in cells):
-            pts = sorted((share[a], *_agg(g[(a, m, main_lr)], key)) for a in share if (a, m, main_lr) in g)
+        for i, m in enumerate(methods):
+            dodge = (i - (len(methods) - 1) / 2) * 0.008 * span  # arms 0.2 points apart stay apart
+            pts = sorted((share[a] + dodge, *_agg(g[(a, m, main_lr)], key)) for a in share if (a, m, main_lr) in g)
             if pts:
                 x, y, e = zip(*pts)
                 ax.errorbar(x, y, yerr=e, fmt="o-", capsize=3, color=method_color(m), label=method_name(m))
+        for x in share.values():
+            ax.axvline(x, color="0.85", lw=0.8, zorder=0)
+        top = ax.secondary_xaxis("top")  # which arm each x is (natural_notags and natural lie 0.2 points apart)
+        top.set_xticks(list(share.values()), list(share), rotation=75, ha="left", fontsize=7, color="0.35")
+        top.tick_params(length=2, pad=1)
         ax.set_xlabel("measured confident-conflict share of the training data (%)")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Forgetting vs measured conflict share (lr {main_lr:g}; mean ± SE)")
+    fig.suptitle(f"Forgetting vs measured conflict share (lr {main_lr:g}; mean ± SE: over items for one seed, "
+                 "over seeds for more)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def pareto(arms: list[dict], cells: list[dict]):
+def pareto(arms: list[dict], cells: list[dict], main_lr: float):
     import matplotlib.pyplot as plt
 
     from analysis.plotting import method_color, method_name
 
     g = group(cells)
-    fig, axes = plt.subplots(1, len(arms), figsize=(3.6 * len(arms), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.3 * len(arms), 3.8), squeeze=False, sharex=True, sharey=True)
     for ax, arm in zip(axes[0], [a["name"] for a in arms]):
         for m in dict.fromkeys(c["method"] for c in cells):
-            pts = sorted((*_agg(g[k], "kl_to_base"), *_agg(g[k], "target_gain")) for k in g if k[:2] == (arm, m))
-            if pts:
-                x, xe, y, ye = zip(*pts)
-                ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o-", capsize=2, color=method_color(m), label=method_name(m))
+            pts = sorted((*_agg(g[k], "kl_to_base"), *_agg(g[k], "target_gain"), k[2]) for k in g if k[:2] == (arm, m))
+            if not pts:
+                continue
+            ax.plot([q[0] for q in pts], [q[2] for q in pts], "-", color=method_color(m), lw=1)
+            for xi, xei, yi, yei, lr in pts:  # filled: the main learning rate; open: the other
+                ax.errorbar(xi, yi, xerr=xei, yerr=yei, fmt="o", capsize=2, color=method_color(m),
+                            mfc=method_color(m) if lr == main_lr else "white",
+                            label=method_name(m) if lr == main_lr else None)
         ax.set_title(arm, fontsize=9)
         ax.set_xlabel("KL to base ↓")
     axes[0][0].set_ylabel("target gain (NLL/token) ↑")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Target gain vs drift; points of one method joined across learning rates")
+    other = sorted({k[2] for k in g} - {main_lr})
+    fig.suptitle(f"Target gain vs drift per arm; filled: lr {main_lr:g}"
+                 + (f", open: lr {', '.join(f'{lr:g}' for lr in other)} (joined per method)" if other else ""),
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -238,6 +277,9 @@ def open_questions_figure(oq: dict):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for k in sorted(int(c.removeprefix("pearson_top")) for c in rows[0] if c.startswith("pearson_top")):
         axes[0].plot(t, [r[f"pearson_top{k}"] for r in rows], "o-", label=f"top-{k}")
+    line = oq.get("key", {}).get("q", {}).get("holds_min_pearson")
+    if isinstance(line, (int, float)):
+        axes[0].axhline(line, ls="--", color="0.5", lw=1, label=f"r = {line:g}")
     axes[0].set_xlabel("softmax temperature")
     axes[0].set_ylabel("Pearson r with full entropy")
     axes[0].legend(fontsize=8)
@@ -265,6 +307,10 @@ def fmt(v, se=None, d=3) -> str:
     return f"{v:+.{d}f}" + (f" ± {se:.{d}f}" if se is not None else "")
 
 
+def fmt_se(se: float | None, d=3) -> str:
+    return "–" if se is None else f"{se:.{d}f}"
+
+
 def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) -> dict:
     """Write table.md, summary.json and the figures; return their paths."""
     from analysis.plotting import save
@@ -281,8 +327,12 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     hi = max(injected, key=lambda a: a["measured_conflict_share"])["name"] if injected else None
     preds = prediction_values(loaded, runs, main_lr, hi)
     overall = overall_verdict(preds)
+    by_id = {p["id"]: p for p in preds}
+    overall_wider = (overall_verdict([{"id": i, "verdict": by_id[i]["verdict_wider_se"]} for i in ("P1", "P2")])
+                     if all(by_id.get(i, {}).get("verdict_wider_se") for i in ("P1", "P2")) else None)
     summary = {"profile": cfg.study_profile.name, "command": cfg.study_profile.command, "model": cfg.model.name,
-               "verdict": overall, "verdict_rule": VERDICT_RULE, "main_lr": main_lr, "highest_injected_arm": hi,
+               "verdict": overall, "verdict_rule": VERDICT_RULE, "verdict_wider_se": overall_wider,
+               "main_lr": main_lr, "highest_injected_arm": hi,
                "arms": [{k: a[k] for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")} for a in arms],
                "cells": cells, "predictions": preds, "open_questions": oq}
     atomic_write_json(out / "summary.json", summary)
@@ -291,20 +341,30 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
               "and decision rules: PREREGISTRATION.md. Machine-readable: summary.json."), "",
              (f"**Verdict on the paper's causal claim: {overall}** (P1 {verdict_of(preds, 'P1')}, "
               f"P2 {verdict_of(preds, 'P2')}; {VERDICT_RULE})."), "",
+             (f"With the wider of the preregistered SE and the SE over seeds (added, not preregistered: "
+              f"results/LOG.md, 2026-12-03): {overall_wider or 'not available (P1 or P2 has one seed)'}."), "",
              "## Arms (measured under the base model: H < 0.5 nats and p < 0.1)", "",
              "| arm | confident-conflict share | examples | supervised tokens |", "|---|---|---|---|"]
     lines += [f"| {a['name']} | {100 * a['measured_conflict_share']:.2f}% | {a['n_examples']} | {a['n_tokens']} |"
               for a in arms]
-    lines += ["", "## Cells (paired with the base model; mean over seeds ± SE)", "",
+    lines += ["", ("## Cells (paired with the base model; mean over seeds ± SE: over items for one seed, over "
+                   "seeds for more)"), "",
               ("| arm | method | lr | seeds | target gain ↑ | KL to base ↓ | base-answer NLL Δ ↓ | "
                "knowledge retention ↑ | mini acc Δ (pp) | injected learned |"), "|---" * (4 + len(MEASURES)) + "|"]
     for (arm, method, lr), cs in group(cells).items():
         vals = [fmt(*_agg(cs, k), d=1 if k == "mini_acc" else 3) for k in MEASURES]
         lines.append(f"| {arm} | {method} | {lr:g} | {len(cs)} | " + " | ".join(vals) + " |")
     lines += ["", f"## Predictions (main lr {main_lr:g}; highest injected arm {hi}; decision at {Z:g} SE)", "",
-              "| id | prediction | value ± SE | seeds | verdict |", "|---|---|---|---|---|"]
+              ("SE: the preregistered one, from the per-seed item SEs (no training noise). SE over seeds: std / "
+               "sqrt(n) of the per-seed contrasts, from 2 seeds; the last column applies the same rule with the "
+               "wider of the two (added, not preregistered: results/LOG.md, 2026-12-03)."), "",
+              "| id | prediction | value ± SE | seeds | verdict | SE over seeds | verdict at the wider SE |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {p['id']} | {cell_text(p['text'])} | {fmt(p['value'], p['se'])} | {p['seeds']} | "
-              f"**{p['verdict']}** |" for p in preds]
+              f"**{p['verdict']}** | {fmt_se(p['se_seeds'])} | "
+              f"{p['verdict_wider_se'] or ('– (one seed)' if p['seeds'] == 1 else '–')} |" for p in preds]
+    notes = [n for n in map(within_margin_note, preds) if n]
+    lines += ["", *notes] if notes else []
     lines += ["", "## Open questions on the base model (natural arm, temperature-scaled logits)", "",
               "| T | mean gate | " + " | ".join(k for k in oq["rows"][0] if k.startswith("pearson")) + " |",
               "|---" * (2 + sum(k.startswith("pearson") for k in oq["rows"][0])) + "|"]
@@ -316,7 +376,7 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     if cells:
         save(dose_response(arms, cells, main_lr), out / "dose_response")
-        save(pareto(arms, cells), out / "pareto")
+        save(pareto(arms, cells, main_lr), out / "pareto")
     save(open_questions_figure(oq), out / "open_questions")
     print("\n".join(lines), flush=True)
     return {"table": str(out / "table.md"), "summary": str(out / "summary.json")}

@@ -142,9 +142,31 @@ def test_contrasts_are_paired_over_items_and_verdicts_follow_the_rule(tmp_path):
     assert c["diff"] == pytest.approx(3.5 / 4) and c["n"] == 3
     assert contrast(loaded, {"c": 1.0, "a": -1.0}, "b", per_item=True)["diff"] == pytest.approx(3.5 / 3)
     assert contrast(loaded, {"c": 1.0, "missing": -1.0}, "b") is None
+    loaded["d"] = {"b": result(tmp_path, "d", [2.0, 3.0, 4.5], [1, 3, 1])}
+    with pytest.raises(ValueError, match="token counts differ"):
+        contrast(loaded, {"d": 1.0, "a": -1.0}, "b")
     assert verdict(0.5, 0.1, +1) == "confirmed" and verdict(-0.5, 0.1, +1) == "refuted"
     assert verdict(0.1, 0.1, -1) == "unresolved" and verdict(None, None, -1) == "unresolved"
     assert verdict(0.001, 0.002, 0) == "confirmed" and verdict(0.05, 0.01, 0) == "refuted"
+
+
+def test_seed_means_carry_the_preregistered_se_and_the_se_over_seeds():
+    import math
+
+    from analysis.study_report import seed_mean, within_margin_note
+
+    one = seed_mean([{"diff": 0.3, "stderr": 0.1}])
+    assert one["value"] == pytest.approx(0.3) and one["se"] == pytest.approx(0.1) and one["se_seeds"] is None
+    three = seed_mean([{"diff": d, "stderr": 0.01} for d in (0.1, 0.2, 0.6)])
+    assert three["value"] == pytest.approx(0.3) and three["se"] == pytest.approx(math.sqrt(3) * 0.01 / 3)
+    # std over seeds / sqrt(3): the training noise the preregistered SE leaves out
+    assert three["se_seeds"] == pytest.approx(math.sqrt(((0.2 ** 2 + 0.1 ** 2 + 0.3 ** 2) / 2) / 3))
+    assert seed_mean([None]) is None
+    # P4-like: beyond 2 SE yet inside the 0.01 margin -> refuted, with the note saying both conditions hold
+    p4 = {"id": "P4", "sign": 0, "verdict": verdict(0.0052, 0.0022, 0), "value": 0.0052, "se": 0.0022}
+    assert p4["verdict"] == "refuted" and "inside the 0.01 equivalence margin" in within_margin_note(p4)
+    assert within_margin_note({**p4, "value": 0.02, "se": 0.002}) is None  # outside the margin: plain refutation
+    assert within_margin_note({**p4, "sign": +1}) is None
 
 
 @pytest.mark.parametrize("p1, p2, want", [
@@ -249,10 +271,13 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     for pid in ("P1", "P2", "P3", "P6", "P7"):  # every dose contrast is computed on the tiny profile's two arms
         assert isinstance(preds[pid]["value"], float) and isinstance(preds[pid]["se"], float), preds[pid]
     assert summary["verdict"] in ("supported", "refuted", "unresolved")
+    # one seed: no SE over seeds, so no verdict at the wider SE (never the item-SE verdict passed off as one)
+    assert summary["verdict_wider_se"] is None
+    assert all(p["se_seeds"] is None and p["verdict_wider_se"] is None for p in summary["predictions"])
     table = (out / "table.md").read_text()
     assert f"Verdict on the paper's causal claim: {summary['verdict']}" in table
-    # every prediction row has its 5 cells (P4's |EAFT - SFT| is escaped)
-    assert all(len(re.findall(r"(?<!\\)\|", line)) == 6 for line in table.splitlines() if line.startswith("| P"))
+    # every prediction row has its 7 cells (P4's |EAFT - SFT| is escaped)
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 8 for line in table.splitlines() if line.startswith("| P"))
     for f in ("table.md", "dose_response.png", "pareto.png", "open_questions.png"):
         assert (out / f).stat().st_size > 0, f
     # each arm in its own folder, with its own Masked-SFT precompute made from its own bytes
