@@ -31,15 +31,30 @@ TARGET_NLL, TARGET_ACC, DRIFT = "target_nll", "gsm8k_heldout", "general_kl"
 LOWER_IS_BETTER = {TARGET_NLL, DRIFT, "base_answer_nll"}
 
 
+RESULT_KEYS = ("run", "benchmark", "metric", "value", "stderr")  # what every result file of evaluation/ holds
+
+
 def load_run(metrics_dir: Path, run: str) -> dict[str, dict]:
+    """{benchmark: result} of <metrics_dir>/<run>/*.json, each with the path of its per-item file. A file that is
+    not such a result (hand-edited, cut, or from elsewhere) is refused with its path, before any number is made."""
     d = metrics_dir / run
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no results; run `python -m analysis.demo` first")
     out = {}
     for p in sorted(d.glob("*.json")):
-        r = json.loads(p.read_text())
-        r["items_file"] = str(p.parent / "items" / f"{p.stem}.jsonl")  # beside the result, wherever the clone is
-        out[p.stem] = r
+        try:
+            r = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not JSON ({e}); delete it and evaluate {run} again") from e
+        missing = [k for k in RESULT_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(f"{p}: not a result of evaluation/ (missing {missing}); delete it and evaluate {run} "
+                             "again")
+        items = p.parent / "items" / f"{p.stem}.jsonl"  # beside the result, wherever the clone is
+        if not items.exists():
+            raise FileNotFoundError(f"{items}: missing, so {p.name} cannot be paired per item; evaluate {run} "
+                                    "again")
+        out[p.stem] = {**r, "items_file": str(items)}
     return out
 
 
@@ -48,7 +63,7 @@ def item_pairs(result: dict, which: str | None = None) -> dict[str, tuple[float,
 
     which="base_answer_nll" reads the NLL sums of general_kl instead of its KL sums."""
     out = {}
-    for row in read_jsonl(Path(result["items_file"])):
+    for i, row in enumerate(read_jsonl(Path(result["items_file"])), 1):
         key = str(row.get("id", row.get("doc_id")))
         if "tokens" in row:
             x = row["nll_sum"] if which == "base_answer_nll" or "kl_sum" not in row else row["kl_sum"]
@@ -57,6 +72,9 @@ def item_pairs(result: dict, which: str | None = None) -> dict[str, tuple[float,
             out[key] = (100.0 * sum(row["correct"]) / len(row["correct"]), 1.0)
         elif result["metric"] in row:
             out[key] = (100.0 * float(row[result["metric"]]), 1.0)
+        else:  # dropping it would pair the runs over fewer items without a word
+            raise ValueError(f"{result['items_file']}:{i}: an item with neither tokens, correct nor "
+                             f"{result['metric']!r}; evaluate {result['run']} again")
     return out
 
 

@@ -186,3 +186,26 @@ def test_a_base_evaluation_from_another_machine_is_detected(tmp_path):
     items("other", {"1": "Paris.", "2": "Four, I think."})
     cfg = SimpleNamespace(metrics_dir=str(tmp_path))
     assert differing_base_answers(cfg, "base", ["same", "other", "not-evaluated"]) == ["other"]
+
+
+def test_the_paired_report_refuses_result_files_it_cannot_pair(tmp_path):
+    from analysis.demo_report import item_pairs, load_run
+
+    run = tmp_path / "r"
+    (run / "items").mkdir(parents=True)
+    good = {"run": "r", "benchmark": "b", "metric": "acc", "value": 0.5, "stderr": 0.1}
+    (run / "b.json").write_text(json.dumps(good))
+    (run / "items" / "b.jsonl").write_text('{"id": "1", "acc": 1}\n{"id": "2", "acc": 0}\n')
+    assert item_pairs(load_run(tmp_path, "r")["b"]) == {"1": (100.0, 1.0), "2": (0.0, 1.0)}
+    (run / "items" / "b.jsonl").write_text('{"id": "1", "acc": 1}\n{"id": "2", "score": 0}\n')
+    with pytest.raises(ValueError, match=r"b\.jsonl:2: .*'acc'"):  # not silently paired over fewer items
+        item_pairs(load_run(tmp_path, "r")["b"])
+    (run / "items" / "b.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"items/b\.jsonl: missing"):
+        load_run(tmp_path, "r")
+    (run / "b.json").write_text(json.dumps({k: v for k, v in good.items() if k != "value"}))
+    with pytest.raises(ValueError, match=r"b\.json: not a result of evaluation/ \(missing \['value'\]\)"):
+        load_run(tmp_path, "r")
+    (run / "b.json").write_text('{"run": "r", "benchm')
+    with pytest.raises(ValueError, match=r"b\.json: not JSON"):
+        load_run(tmp_path, "r")
