@@ -272,10 +272,13 @@ def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: b
         print(f"[demo] {name}: already evaluated", flush=True)
         timer.skip()
         return
+    base = base_run_name(cfg)
     for group in cfg.demo_profile.eval.groups:
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(group.benchmarks)}]",
                      f"limit={group.limit}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *group.get("overrides", [])]
+        if name != base and "general_kl" in group.benchmarks:
+            overrides.append(base_answers_override(cfg, base))
         eval_main(compose_cfg("eval", overrides))
 
 
@@ -283,6 +286,26 @@ def base_answers(cfg, name: str) -> dict[str, str]:
     """general_kl's greedy base-model answers as evaluated for run `name` ({} when it has none)."""
     path = repo_path(cfg.metrics_dir) / name / "items" / "general_kl.jsonl"
     return {r["id"]: r["base_answer"] for r in read_jsonl(path)} if path.exists() else {}
+
+
+def base_answers_override(cfg, base: str) -> str:
+    """general_kl over the base evaluation's answers (committed with its metrics), not this machine's greedy
+    decoding of them: greedy bf16 decoding differs across CPUs, so a run evaluated on another machine than the base
+    would pair over other answer tokens. With it, kept and new runs pair over one text wherever they ran."""
+    return f"bench.general_kl.base_answers_file={repo_path(cfg.metrics_dir) / base / 'items' / 'general_kl.jsonl'}"
+
+
+def refuse_other_base_answers(cfg, base: str, names: list[str]) -> None:
+    """Runs evaluate general_kl over the base evaluation's answers (base_answers_override), so theirs differ only
+    when the base was evaluated again after them (or they were evaluated before the override existed). Evaluating
+    the base once more would not help (it would replace the answers every other run paired over): refuse, naming
+    what to evaluate again."""
+    stale = differing_base_answers(cfg, base, names)
+    if stale:
+        raise RuntimeError(f"general_kl: {stale} were evaluated over other base answers than {base}'s "
+                           f"({repo_path(cfg.metrics_dir) / base / 'items' / 'general_kl.jsonl'}), so they cannot be "
+                           f"paired; delete their general_kl.json in {repo_path(cfg.metrics_dir)}/<run>/ to evaluate "
+                           "them again over the base's answers")
 
 
 def differing_base_answers(cfg, base: str, names: list[str]) -> list[str]:
@@ -325,16 +348,7 @@ def main(cfg) -> dict:
                 keep_logs(cfg, run_dir)
             with timer(f"evaluate {name}"):
                 evaluate(cfg, str(run_dir), name, bf16, timer, fresh)
-    if differing_base_answers(cfg, base, list(runs)):
-        print(f"[demo] {base}: its general_kl base answers differ from this invocation's runs' (evaluated on "
-              "another machine or library version): evaluating the base model again", flush=True)
-        with timer("evaluate the base model again"):
-            evaluate(cfg, cfg.model.name, base, bf16, timer, fresh=True)
-    stale = differing_base_answers(cfg, base, list(runs))
-    if stale:
-        raise RuntimeError(f"general_kl: the base model's answers in {stale} (kept from an earlier invocation, "
-                           f"reuse_kept=true) differ from {base}'s, so they cannot be paired; run without "
-                           "reuse_kept=true to retrain and evaluate them on this machine")
+    refuse_other_base_answers(cfg, base, list(runs))
     with timer("report"):
         out = report(cfg, base, runs, mech, timer.stages)
     timer.stages["total (this invocation)"] = round(time.time() - t_all, 1)

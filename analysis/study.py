@@ -32,10 +32,11 @@ from pathlib import Path
 from analysis import study_data as sd
 from analysis.demo import (
     Timer,
-    differing_base_answers,
+    base_answers_override,
     drop_checkpoints,
     finished,
     keep_logs,
+    refuse_other_base_answers,
     same_config,
     set_aside,
     set_aside_path,
@@ -477,10 +478,7 @@ def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool, fres
                      f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",
                      f"dtype={'bfloat16' if bf16 else 'float32'}", *g["overrides"]]
         if name != base_run_name(cfg) and "general_kl" in g["benchmarks"]:
-            # the base evaluation's answers (committed), not this machine's greedy decoding of them: greedy bf16
-            # decoding differs across CPUs, and a study continued on another machine must pair over the same text
-            base_items = repo_path(cfg.metrics_dir) / base_run_name(cfg) / "items" / "general_kl.jsonl"
-            overrides.append(f"bench.general_kl.base_answers_file={base_items}")
+            overrides.append(base_answers_override(cfg, base_run_name(cfg)))
         metrics = repo_path(cfg.metrics_dir) / name
         stale = "knowledge_nll" in g["benchmarks"] and not probe_items_match(metrics, probe_file)
         if fresh or stale or not group_done(metrics, _ns(g)):
@@ -599,20 +597,6 @@ def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, position
                        "items_file": repo_relative(d / "items" / f"{INJECTED_LEARNED}.jsonl")})
 
 
-def check_base_answers(cfg, names: list[str]) -> None:
-    """Every cell's general_kl is evaluated over the base evaluation's own answers (base_answers_file, see
-    evaluate), so they can differ only when the base evaluation was made again after a cell's. Evaluating the base
-    once more would not help (greedy bf16 decoding differs across CPUs, and it would replace the answers every
-    other cell paired over): refuse, naming what to evaluate again."""
-    base = base_run_name(cfg)
-    stale = differing_base_answers(cfg, base, names)
-    if stale:
-        raise RuntimeError(f"general_kl: {stale} were evaluated over other base answers than {base}'s "
-                           f"({repo_path(cfg.metrics_dir) / base / 'items' / 'general_kl.jsonl'}), so they cannot be "
-                           f"paired; delete their general_kl.json in {repo_path(cfg.metrics_dir)}/<run>/ to evaluate "
-                           "them again over the base's answers")
-
-
 # ---- main ---------------------------------------------------------------------------------------------------
 
 @contextmanager
@@ -670,7 +654,7 @@ def main(cfg) -> dict:
             evaluate(cfg, str(run_dir), name, probe_file, bf16, fresh)
             injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos, fresh)
         done[name] = cell
-    check_base_answers(cfg, list(done))
+    refuse_other_base_answers(cfg, base_run_name(cfg), list(done))
     from analysis.study_report import report
 
     with timer("report"):

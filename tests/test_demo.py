@@ -53,6 +53,11 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
     kl = {r: json.loads((tmp_path / "metrics" / r / "general_kl.json").read_text())["value"]
           for r in ("demo-tiny-base", "demo-tiny-sft-s0")}
     assert kl["demo-tiny-base"] == 0.0 and kl["demo-tiny-sft-s0"] > 0.0
+    # the runs pair over the base evaluation's answers (any CPU), which the base generated greedily
+    settings = {r: json.loads((tmp_path / "metrics" / r / "general_kl.json").read_text())["settings"]
+                for r in ("demo-tiny-base", "demo-tiny-sft-s0")}
+    assert settings["demo-tiny-base"]["base_answers"] == "greedy"
+    assert settings["demo-tiny-sft-s0"]["base_answers"].endswith("demo-tiny-base/items/general_kl.jsonl")
     # a second run reuses everything: no training, no new generations
     again = run_demo(*tiny_overrides(tmp_path))
     assert again.stdout.count("already trained") == 2 and again.stdout.count("already evaluated") == 3
@@ -168,12 +173,12 @@ def test_a_method_that_failed_to_learn_is_named_under_the_figure_not_drawn():
     assert not any(t.get_text().startswith("Not drawn") for t in learned.texts)
 
 
-def test_a_base_evaluation_from_another_machine_is_detected(tmp_path):
-    """general_kl pairs each run with the base over the base model's greedy answers, which every evaluation
-    regenerates: a base evaluated elsewhere (other CPU kernels) must be re-evaluated, not paired."""
+def test_runs_paired_over_other_base_answers_are_refused_not_re_evaluated(tmp_path):
+    """Runs (demo and study) read the base evaluation's general_kl answers, so a run whose answers differ was
+    evaluated before the base was evaluated again: refused with the runs named, the base answers left alone."""
     from types import SimpleNamespace
 
-    from analysis.demo import differing_base_answers
+    from analysis.demo import base_answers_override, differing_base_answers, refuse_other_base_answers
 
     def items(name, answers):
         d = tmp_path / name / "items"
@@ -186,6 +191,12 @@ def test_a_base_evaluation_from_another_machine_is_detected(tmp_path):
     items("other", {"1": "Paris.", "2": "Four, I think."})
     cfg = SimpleNamespace(metrics_dir=str(tmp_path))
     assert differing_base_answers(cfg, "base", ["same", "other", "not-evaluated"]) == ["other"]
+    refuse_other_base_answers(cfg, "base", ["same", "not-evaluated"])
+    before = (tmp_path / "base" / "items" / "general_kl.jsonl").read_text()
+    with pytest.raises(RuntimeError, match=r"\['other'\] were evaluated over other base answers than base's"):
+        refuse_other_base_answers(cfg, "base", ["same", "other"])
+    assert (tmp_path / "base" / "items" / "general_kl.jsonl").read_text() == before
+    assert base_answers_override(cfg, "base").endswith("base/items/general_kl.jsonl")
 
 
 def test_the_paired_report_refuses_result_files_it_cannot_pair(tmp_path):
