@@ -13,7 +13,8 @@ Stages, each cached on disk so that a re-run (or an interrupted run) skips what 
   3. training   one run per method x seed through training.train (runs/demo-<profile>-<method>-s<seed>)
   4. eval       base and every run through evaluation.evaluate (results/metrics/<run>/): held-out target NLL,
                 greedy accuracy on held-out GSM8K items, the `mini` multiple-choice suite, and drift from the base
-                model on general chat prompts (KL and NLL of the base model's answers)
+                model on general chat prompts (KL and NLL of the base model's answers, as the base evaluation
+                committed them: runs made on other CPUs pair over the same text)
   5. report     <out_dir>/table.md (also printed), figures, timing.json (analysis/demo_report.py); each run's
                 training log is kept in <out_dir>/runs/<run>/ for make figures (Fig. 4)
 """
