@@ -283,9 +283,13 @@ def evaluate(cfg, model_spec: str, name: str, bf16: bool, timer: Timer, fresh: b
         eval_main(compose_cfg("eval", overrides))
 
 
+def general_kl_items(cfg, name: str) -> Path:
+    return repo_path(cfg.metrics_dir) / name / "items" / "general_kl.jsonl"
+
+
 def base_answers(cfg, name: str) -> dict[str, str]:
     """general_kl's greedy base-model answers as evaluated for run `name` ({} when it has none)."""
-    path = repo_path(cfg.metrics_dir) / name / "items" / "general_kl.jsonl"
+    path = general_kl_items(cfg, name)
     return {r["id"]: r["base_answer"] for r in read_jsonl(path)} if path.exists() else {}
 
 
@@ -293,7 +297,7 @@ def base_answers_override(cfg, base: str) -> str:
     """general_kl over the base evaluation's answers (committed with its metrics), not this machine's greedy
     decoding of them: greedy bf16 decoding differs across CPUs, so a run evaluated on another machine than the base
     would pair over other answer tokens. With it, kept and new runs pair over one text wherever they ran."""
-    return f"bench.general_kl.base_answers_file={repo_path(cfg.metrics_dir) / base / 'items' / 'general_kl.jsonl'}"
+    return f"bench.general_kl.base_answers_file={general_kl_items(cfg, base)}"
 
 
 def refuse_other_base_answers(cfg, base: str, names: list[str]) -> None:
@@ -304,7 +308,7 @@ def refuse_other_base_answers(cfg, base: str, names: list[str]) -> None:
     stale = differing_base_answers(cfg, base, names)
     if stale:
         raise RuntimeError(f"general_kl: {stale} were evaluated over other base answers than {base}'s "
-                           f"({repo_path(cfg.metrics_dir) / base / 'items' / 'general_kl.jsonl'}), so they cannot be "
+                           f"({general_kl_items(cfg, base)}), so they cannot be "
                            f"paired; delete their general_kl.json in {repo_path(cfg.metrics_dir)}/<run>/ to evaluate "
                            "them again over the base's answers")
 

@@ -78,16 +78,22 @@ def item_pairs(result: dict, which: str | None = None) -> dict[str, tuple[float,
     return out
 
 
+def require_same_tokens(bench: str, pairs: dict[str, dict], common: list[str]) -> None:
+    """Runs compared item by item must have scored each shared item over the same number of tokens."""
+    first = next(iter(pairs.values()))
+    if any(p[k][1] != first[k][1] for p in pairs.values() for k in common):
+        raise ValueError(f"{bench}: token counts differ between {list(pairs)} on shared items, so they were not "
+                         "scored over the same tokens (for general_kl: over other base answers; evaluate them again "
+                         "over the base evaluation's answers)")
+
+
 def paired_difference(a: dict, b: dict, which: str | None = None) -> dict:
     """b - a over the items both scored: {diff, stderr, n}."""
     pa, pb = item_pairs(a, which), item_pairs(b, which)
     common = sorted(set(pa) & set(pb))
     if len(common) < 2:
         raise ValueError(f"{a['run']} and {b['run']} share {len(common)} items on {a['benchmark']}")
-    if any(pa[k][1] != pb[k][1] for k in common):
-        raise ValueError(f"{a['benchmark']}: token counts differ between {a['run']} and {b['run']} (for general_kl: "
-                         "their base-model answers were generated on different machines or library versions; "
-                         "evaluate both on one machine)")
+    require_same_tokens(a["benchmark"], {a["run"]: pa, b["run"]: pb}, common)
     st = ratio_stats([pb[k][0] - pa[k][0] for k in common], [pa[k][1] for k in common])
     return {"diff": st["value"], "stderr": st["stderr"], "n": st["n"]}
 

@@ -472,7 +472,6 @@ def evaluate(cfg, model_spec: str, name: str, probe_file: Path, bf16: bool, fres
     from evaluation.evaluate import main as eval_main
 
     ran = False
-
     for g in eval_groups(cfg, probe_file):
         overrides = [f"model_spec={model_spec}", f"run_name={name}", f"benchmarks=[{','.join(g['benchmarks'])}]",
                      f"limit={'null' if g['limit'] is None else g['limit']}", f"out_dir={repo_path(cfg.metrics_dir)}",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 
-from analysis.demo_report import item_pairs, load_run
+from analysis.demo_report import item_pairs, load_run, require_same_tokens
 from common.files import atomic_write_json, atomic_write_text, repo_path
 from evaluation.likelihood import ratio_stats
 
@@ -45,10 +45,8 @@ def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool =
     common = sorted(set.intersection(*(set(p) for p in pairs.values())))
     if len(common) < 2:
         return None
+    require_same_tokens(bench, pairs, common)
     first = next(iter(pairs.values()))
-    if any(p[k][1] != first[k][1] for p in pairs.values() for k in common):
-        raise ValueError(f"{bench}: token counts differ between {list(terms)} on shared items; they were not "
-                         "scored over the same tokens (for general_kl: other base answers)")
     x = [sum(c * pairs[run][k][0] for run, c in terms.items()) for k in common]
     t = [1.0 if per_item else first[k][1] for k in common]
     st = ratio_stats(x, t)
@@ -63,11 +61,17 @@ def seed_mean(parts: list[dict]) -> dict | None:
     if not parts:
         return None
     n = len(parts)
-    mean = sum(p["diff"] for p in parts) / n
+    mean, se_seeds = mean_and_seed_se([p["diff"] for p in parts])
     se = (math.sqrt(sum(p["stderr"] ** 2 for p in parts)) / n
           if all(p["stderr"] is not None for p in parts) else None)
-    se_seeds = math.sqrt(sum((p["diff"] - mean) ** 2 for p in parts) / (n - 1) / n) if n > 1 else None
     return {"value": mean, "se": se, "se_seeds": se_seeds, "seeds": n}
+
+
+def mean_and_seed_se(vals: list[float]) -> tuple[float, float | None]:
+    """Mean of per-seed values and the SE of that mean from their spread (std / sqrt(n)); None for one seed."""
+    n = len(vals)
+    mean = sum(vals) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else None)
 
 
 def cell_measures(loaded: dict, base: str, run: str) -> dict:
@@ -197,8 +201,7 @@ def _agg(cells: list[dict], key: str) -> tuple[float, float]:
         return math.nan, math.nan
     if len(vals) == 1:
         return vals[0], have[0].get(key + "_se") or 0.0
-    mean = sum(vals) / len(vals)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+    return mean_and_seed_se(vals)
 
 
 def group(cells: list[dict]) -> dict[tuple, list[dict]]:
