@@ -16,6 +16,7 @@ Measures per cell (a trained model), each paired with the base model over identi
 Predictions (results/study/PREREGISTRATION.md) are contrasts of these across arms and methods at the main learning
 rate, computed per seed over paired items and averaged over seeds; the verdict applies the preregistered rule,
 and the overall verdict on the paper's causal claim follows from P1 and P2 (PREREGISTRATION.md, Sec. 4).
+A descriptive table, not preregistered, gives each method minus SFT on every arm (versus_sft).
 """
 
 from __future__ import annotations
@@ -191,6 +192,36 @@ def within_margin_note(p: dict) -> str | None:
             "the refutation is reported, as the rule was coded before any result.")
 
 
+# ---- each method against SFT (descriptive) -------------------------------------------------------------------
+
+VERSUS_SFT = (("kl_to_base", DRIFT, False, +1), ("knowledge_retention", PROBE, True, -1),
+              ("target_gain", TARGET, False, -1))  # (key, benchmark, per item, sign: -1 turns an NLL into a gain)
+
+
+def versus_sft(loaded: dict, runs: dict[str, dict], main_lr: float, arm_order: list[str]) -> list[dict]:
+    """Each method minus SFT on the same arm at the main lr, paired over items per seed and averaged over the seeds
+    both ran. Descriptive, not preregistered (added after the full study: results/LOG.md, 2026-12-03): the
+    predictions compare slopes between arms; this says where on the conflict axis each method drifts or retains
+    more than SFT. `<key>_se` is the wider of the item SE and the SE over seeds."""
+    run = {(c["arm"], c["method"], c["seed"]): r for r, c in runs.items() if c["lr"] == main_lr}
+    methods = [m for m in dict.fromkeys(c["method"] for c in runs.values() if c["lr"] == main_lr) if m != "sft"]
+    out = []
+    for arm in arm_order:
+        for m in methods:
+            seeds = sorted(s for (a, mm, s) in run if (a, mm) == (arm, m) and (arm, "sft", s) in run)
+            if not seeds:
+                continue
+            row = {"arm": arm, "method": m, "seeds": len(seeds)}
+            for key, bench, per_item, sign in VERSUS_SFT:
+                agg = seed_mean([contrast(loaded, {run[(arm, m, s)]: float(sign), run[(arm, "sft", s)]: -float(sign)},
+                                          bench, per_item) for s in seeds])
+                row[key] = agg and agg["value"]
+                row[key + "_se"] = agg and (max(agg["se"], agg["se_seeds"] or 0.0) if agg["se"] is not None
+                                            else agg["se_seeds"])
+            out.append(row)
+    return out
+
+
 # ---- figures ------------------------------------------------------------------------------------------------
 
 def _agg(cells: list[dict], key: str) -> tuple[float, float]:
@@ -333,11 +364,12 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     by_id = {p["id"]: p for p in preds}
     overall_wider = (overall_verdict([{"id": i, "verdict": by_id[i]["verdict_wider_se"]} for i in ("P1", "P2")])
                      if all(by_id.get(i, {}).get("verdict_wider_se") for i in ("P1", "P2")) else None)
+    vs_sft = versus_sft(loaded, runs, main_lr, [a["name"] for a in arms])
     summary = {"profile": cfg.study_profile.name, "command": cfg.study_profile.command, "model": cfg.model.name,
                "verdict": overall, "verdict_rule": VERDICT_RULE, "verdict_wider_se": overall_wider,
                "main_lr": main_lr, "highest_injected_arm": hi,
                "arms": [{k: a[k] for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")} for a in arms],
-               "cells": cells, "predictions": preds, "open_questions": oq}
+               "cells": cells, "predictions": preds, "versus_sft": vs_sft, "open_questions": oq}
     atomic_write_json(out / "summary.json", summary)
     lines = [f"# Conflict study ({cfg.study_profile.name}) on {cfg.model.name}", "",
              (f"Command: `{cfg.study_profile.command}`; every number below was produced by it. Design, predictions "
@@ -368,6 +400,16 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
               f"{p['verdict_wider_se'] or ('– (one seed)' if p['seeds'] == 1 else '–')} |" for p in preds]
     notes = [n for n in map(within_margin_note, preds) if n]
     lines += ["", *notes] if notes else []
+    share = {a["name"]: a["measured_conflict_share"] for a in arms}
+    lines += ["", f"## Each method minus SFT on the same arm (lr {main_lr:g}; descriptive, not preregistered)", "",
+              ("Paired over items per seed, averaged over the seeds both ran; ± the wider of the item SE and the SE "
+               "over seeds. A negative KL difference and a positive retention or target-gain difference favour the "
+               "method. Added after the full study had run (results/LOG.md, 2026-12-03): the predictions compare how "
+               "drift changes between arms, this shows where each method stands against SFT on each arm."), "",
+              "| arm | conflict share | method | seeds | KL to base Δ | knowledge retention Δ | target gain Δ |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {100 * share[r['arm']]:.2f}% | {r['method']} | {r['seeds']} | "
+              + " | ".join(fmt(r[k], r[k + "_se"]) for k, *_ in VERSUS_SFT) + " |" for r in vs_sft]
     lines += ["", "## Open questions on the base model (natural arm, temperature-scaled logits)", "",
               "| T | mean gate | " + " | ".join(k for k in oq["rows"][0] if k.startswith("pearson")) + " |",
               "|---" * (2 + sum(k.startswith("pearson") for k in oq["rows"][0])) + "|"]

@@ -169,6 +169,27 @@ def test_seed_means_carry_the_preregistered_se_and_the_se_over_seeds():
     assert within_margin_note({**p4, "sign": +1}) is None
 
 
+def test_versus_sft_is_each_method_minus_sft_on_its_arm_with_nlls_turned_into_gains(tmp_path):
+    from analysis.study_report import DRIFT, PROBE, TARGET, versus_sft
+
+    def run(name, kl, nll):
+        return {b: {**result(tmp_path / b, name, v), "benchmark": b} for b, v in ((DRIFT, kl), (PROBE, nll),
+                                                                                   (TARGET, nll))}
+
+    loaded = {"s0": run("s0", [1.0] * 3, [2.0] * 3), "e0": run("e0", [2.0] * 3, [1.5] * 3),
+              "s1": run("s1", [1.0] * 3, [2.0] * 3), "e1": run("e1", [3.0] * 3, [1.5] * 3),
+              "slow": run("slow", [9.0] * 3, [9.0] * 3), "lone": run("lone", [9.0] * 3, [9.0] * 3)}
+    cell = lambda arm, method, seed, lr=2e-4: {"arm": arm, "method": method, "seed": seed, "lr": lr}
+    runs = {"s0": cell("a", "sft", 0), "e0": cell("a", "eaft", 0), "s1": cell("a", "sft", 1),
+            "e1": cell("a", "eaft", 1), "slow": cell("a", "eaft", 0, 5e-5), "lone": cell("b", "eaft", 0)}
+    rows = versus_sft(loaded, runs, 2e-4, ["a", "b"])
+    assert [(r["arm"], r["method"], r["seeds"]) for r in rows] == [("a", "eaft", 2)]  # no SFT on b; other lr out
+    r = rows[0]
+    assert r["kl_to_base"] == pytest.approx(1.5) and r["kl_to_base_se"] == pytest.approx(0.5)  # seeds' spread
+    # lower NLL than SFT: more retained, more target gained
+    assert r["knowledge_retention"] == pytest.approx(0.5) and r["target_gain"] == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("p1, p2, want", [
     ("confirmed", "confirmed", "supported"), ("confirmed", "refuted", "refuted"), ("refuted", "confirmed", "refuted"),
     ("refuted", "unresolved", "refuted"), ("confirmed", "unresolved", "unresolved"),
@@ -258,6 +279,8 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     for a in summary["arms"]:
         assert set(a) == {"name", "measured_conflict_share", "n_examples", "n_tokens"} and a["n_tokens"] > 0
     assert len(summary["cells"]) == TINY_CELLS
+    assert {(r["arm"], r["method"]) for r in summary["versus_sft"]} >= {("natural_notags", "eaft"),
+                                                                         ("injected_d1", "eaft")}
     assert {(c["arm"], c["method"]) for c in summary["cells"]} >= {("natural_notags", "masked_sft_pilot"),
                                                                     ("injected_d1", "masked_sft_pilot")}
     for c in summary["cells"]:
@@ -276,6 +299,7 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     assert all(p["se_seeds"] is None and p["verdict_wider_se"] is None for p in summary["predictions"])
     table = (out / "table.md").read_text()
     assert f"Verdict on the paper's causal claim: {summary['verdict']}" in table
+    assert "## Each method minus SFT on the same arm" in table
     # every prediction row has its 7 cells (P4's |EAFT - SFT| is escaped)
     assert all(len(re.findall(r"(?<!\\)\|", line)) == 8 for line in table.splitlines() if line.startswith("| P"))
     for f in ("table.md", "dose_response.png", "pareto.png", "open_questions.png"):
