@@ -57,7 +57,7 @@ def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool =
 def seed_mean(parts: list[dict]) -> dict | None:
     """Mean of per-seed contrasts. `se`: the preregistered SE, from the per-seed item SEs as if the seeds were
     independent; it holds no training noise, and the seeds share their items. `se_seeds`: the SE of the mean over
-    the seeds' spread (std / sqrt(n), from 2 seeds; None for one), which does (results/LOG.md, 2026-12-03)."""
+    the seeds' spread (std / sqrt(n) over n >= 2 seeds; None for one), which does (results/LOG.md, 2026-12-03)."""
     parts = [p for p in parts if p is not None]
     if not parts:
         return None
@@ -391,7 +391,7 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
         lines.append(f"| {arm} | {method} | {lr:g} | {len(cs)} | " + " | ".join(vals) + " |")
     lines += ["", f"## Predictions (main lr {main_lr:g}; highest injected arm {hi}; decision at {Z:g} SE)", "",
               ("SE: the preregistered one, from the per-seed item SEs (no training noise). SE over seeds: std / "
-               "sqrt(n) of the per-seed contrasts, from 2 seeds; the last column applies the same rule with the "
+               "sqrt(n) of the per-seed contrasts (needs 2 seeds or more); the last column applies the same rule with the "
                "wider of the two (added, not preregistered: results/LOG.md, 2026-12-03)."), "",
               "| id | prediction | value ± SE | seeds | verdict | SE over seeds | verdict at the wider SE |",
               "|---|---|---|---|---|---|---|"]
@@ -403,7 +403,7 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     share = {a["name"]: a["measured_conflict_share"] for a in arms}
     lines += ["", f"## Each method minus SFT on the same arm (lr {main_lr:g}; descriptive, not preregistered)", "",
               ("Paired over items per seed, averaged over the seeds both ran; ± the wider of the item SE and the SE "
-               "over seeds. A negative KL difference and a positive retention or target-gain difference favour the "
+               "over seeds (one-seed rows: the item SE, which holds no training noise). A negative KL difference and a positive retention or target-gain difference favour the "
                "method. Added after the full study had run (results/LOG.md, 2026-12-03): the predictions compare how "
                "drift changes between arms, this shows where each method stands against SFT on each arm."), "",
               "| arm | conflict share | method | seeds | KL to base Δ | knowledge retention Δ | target gain Δ |",

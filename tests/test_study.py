@@ -170,24 +170,38 @@ def test_seed_means_carry_the_preregistered_se_and_the_se_over_seeds():
 
 
 def test_versus_sft_is_each_method_minus_sft_on_its_arm_with_nlls_turned_into_gains(tmp_path):
+    import statistics
+
     from analysis.study_report import DRIFT, PROBE, TARGET, versus_sft
 
-    def run(name, kl, nll):
-        return {b: {**result(tmp_path / b, name, v), "benchmark": b} for b, v in ((DRIFT, kl), (PROBE, nll),
-                                                                                   (TARGET, nll))}
+    tokens = [1, 2, 1]  # unequal, so a per-item mean and a token-weighted ratio differ
 
-    loaded = {"s0": run("s0", [1.0] * 3, [2.0] * 3), "e0": run("e0", [2.0] * 3, [1.5] * 3),
-              "s1": run("s1", [1.0] * 3, [2.0] * 3), "e1": run("e1", [3.0] * 3, [1.5] * 3),
+    def run(name, kl, nll):
+        return {b: {**result(tmp_path / b, name, v, tokens), "benchmark": b}
+                for b, v in ((DRIFT, kl), (PROBE, nll), (TARGET, nll))}
+
+    sft, eaft = [2.0, 4.0, 2.0], [1.5, 2.0, 1.5]  # EAFT's NLL lower by 0.5, 2, 0.5 (per item) = 3 over 4 tokens
+    loaded = {"s0": run("s0", [1.0, 2.0, 1.0], sft), "e0": run("e0", [2.0, 4.0, 2.0], eaft),
+              "s1": run("s1", [1.0, 2.0, 1.0], sft), "e1": run("e1", [3.0, 6.0, 3.0], eaft),
+              "e2": run("e2", [9.0] * 3, [9.0] * 3),  # seed 2 has no SFT run: left out
               "slow": run("slow", [9.0] * 3, [9.0] * 3), "lone": run("lone", [9.0] * 3, [9.0] * 3)}
-    cell = lambda arm, method, seed, lr=2e-4: {"arm": arm, "method": method, "seed": seed, "lr": lr}
+
+    def cell(arm, method, seed, lr=2e-4):
+        return {"arm": arm, "method": method, "seed": seed, "lr": lr}
+
     runs = {"s0": cell("a", "sft", 0), "e0": cell("a", "eaft", 0), "s1": cell("a", "sft", 1),
-            "e1": cell("a", "eaft", 1), "slow": cell("a", "eaft", 0, 5e-5), "lone": cell("b", "eaft", 0)}
+            "e1": cell("a", "eaft", 1), "e2": cell("a", "eaft", 2), "slow": cell("a", "eaft", 0, 5e-5),
+            "lone": cell("b", "eaft", 0)}
     rows = versus_sft(loaded, runs, 2e-4, ["a", "b"])
     assert [(r["arm"], r["method"], r["seeds"]) for r in rows] == [("a", "eaft", 2)]  # no SFT on b; other lr out
     r = rows[0]
-    assert r["kl_to_base"] == pytest.approx(1.5) and r["kl_to_base_se"] == pytest.approx(0.5)  # seeds' spread
-    # lower NLL than SFT: more retained, more target gained
-    assert r["knowledge_retention"] == pytest.approx(0.5) and r["target_gain"] == pytest.approx(0.5)
+    # KL per token +1 and +2 with no item spread: the SE is the seeds' spread
+    assert r["kl_to_base"] == pytest.approx(1.5) and r["kl_to_base_se"] == pytest.approx(0.5)
+    # lower NLL than SFT is a gain: retention per fact (mean of 0.5, 2, 0.5), target per token (3 / 4)
+    assert r["knowledge_retention"] == pytest.approx(1.0) and r["target_gain"] == pytest.approx(0.75)
+    # identical seeds: the SE is the item SE, not the zero spread over seeds
+    item_se = statistics.stdev([0.5, 2.0, 0.5]) / 3 ** 0.5 / 2 ** 0.5  # one seed's SE, two seeds averaged
+    assert r["knowledge_retention_se"] == pytest.approx(item_se)
 
 
 @pytest.mark.parametrize("p1, p2, want", [
