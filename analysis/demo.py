@@ -67,6 +67,14 @@ class Timer:
         print(f"=== [{self.tag}] {name}: {self.stages[name]} s", flush=True)
         self.save()  # after every stage, so a run that fails later keeps the times of what it did
 
+    def discard(self) -> None:
+        """Put timing.json back as this invocation found it: for an invocation that measured nothing (every stage
+        and cell was on disk), whose ~0 s set-up and total would otherwise replace the times of the work."""
+        if self.previous:
+            atomic_write_text(self.path, json.dumps(self.previous, indent=2) + "\n")
+        else:
+            self.path.unlink(missing_ok=True)
+
     def save(self) -> None:
         # stages of an earlier invocation that this one has not reached yet keep their times
         merged = {**{k: v for k, v in self.previous.items() if k not in self.stages}, **self.stages}

@@ -569,17 +569,17 @@ def injected_item_id(row: dict, positions: list[int]) -> str:
     return f"{row['id']}@{','.join(map(str, positions))}"
 
 
-def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, positions, fresh: bool = False) -> None:
+def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, positions, fresh: bool = False) -> bool:
     """<metrics_dir>/<name>/injected_learned.json: log p of the substituted held-out tokens, per item, in the
     items layout the paired report reads (nll_sum = -sum log p, tokens = substituted tokens). Kept unless the
-    model is `fresh` (trained in this invocation)."""
+    model is `fresh` (trained in this invocation); returns whether it was measured now."""
     from common.generation import load_for_generation
     from evaluation.evaluate import resolve_model
     from evaluation.likelihood import ratio_stats
 
     d = repo_path(cfg.metrics_dir) / name
     if not fresh and (d / f"{INJECTED_LEARNED}.json").exists():
-        return
+        return False
     lp = []
     if rows:  # none when the base model is confident nowhere (the tiny random model): recorded as n = 0
         pair = base() if model_spec is None else load_for_generation(resolve_model(model_spec)["model_cfg"])
@@ -594,6 +594,7 @@ def injected_learned(cfg, base: Base, name: str, model_spec: str, rows, position
                        "value": st["value"], "stderr": st["stderr"], "n": st["n"], "tokens": st["tokens"],
                        "settings": {"limit": cfg.study_profile.injected_heldout.limit},
                        "items_file": repo_relative(d / "items" / f"{INJECTED_LEARNED}.jsonl")})
+    return True
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -637,7 +638,8 @@ def main(cfg) -> dict:
     with base_stage(timer, base, "evaluate the base model") as did:
         name = base_run_name(cfg)
         did.append(evaluate(cfg, cfg.model.name, name, probe_file, bf16))
-        injected_learned(cfg, base, name, None, inj_rows, inj_pos)
+        did.append(injected_learned(cfg, base, name, None, inj_rows, inj_pos))
+    measured = any(did)  # with base.calls below: whether this invocation did any work worth timing
     done = {}
     for i, cell in enumerate(todo, 1):
         name = run_name(cfg, cell)
@@ -650,16 +652,24 @@ def main(cfg) -> dict:
             run_dir, fresh = train(cfg, cell, paths[cell["arm"]], bf16, timer)
             keep_logs(cfg, run_dir)
         with timer(f"evaluate {name}"):
-            evaluate(cfg, str(run_dir), name, probe_file, bf16, fresh)
-            injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos, fresh)
+            ran = evaluate(cfg, str(run_dir), name, probe_file, bf16, fresh)
+            ran = injected_learned(cfg, base, name, str(run_dir), inj_rows, inj_pos, fresh) or ran
+            if not ran:
+                timer.skip()
+        measured = measured or fresh or ran
         done[name] = cell
     refuse_other_base_answers(cfg, base_run_name(cfg), list(done))
     from analysis.study_report import report
 
     with timer("report"):
         result = report(cfg, base_run_name(cfg), done, arms, open_q)
-    timer.stages["total (this invocation)"] = round(time.time() - t0, 1)
-    timer.save()
+    if measured or base.calls:
+        timer.stages["total (this invocation)"] = round(time.time() - t0, 1)
+        timer.save()
+    else:
+        timer.discard()
+        print(f"[study] nothing trained or measured: {repo_relative(timer.path)} keeps the times of the work",
+              flush=True)
     print(f"\n[study] done in {(time.time() - t0) / 60:.1f} min; {result['table']}", flush=True)
     return result
 

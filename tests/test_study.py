@@ -346,16 +346,15 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     assert snapshot(REPO / "results" / "metrics") == repo_metrics
     assert not (REPO / "results" / "metrics" / "study-tiny-base").exists()
 
-    first = json.loads((out / "timing.json").read_text())
+    first_bytes = (out / "timing.json").read_bytes()
+    first = json.loads(first_bytes)
     kept = {f: (out / f).stat().st_mtime_ns for f in ("open_questions.json", "probe.json", "arms.json")}
     again = run_study(tmp_path)  # a second invocation trains and evaluates nothing
     assert again.stdout.count("already trained") == TINY_CELLS and "[train]" not in again.stdout
     assert kept == {f: (out / f).stat().st_mtime_ns for f in kept}  # nothing on the base model made again
-    # and timing.json keeps the times of the invocation that did the work, marked cached
-    timing = json.loads((out / "timing.json").read_text())
-    for stage in ("arms: training files and measured conflict shares", "knowledge probe",
-                  "open questions: gate and top-K vs temperature", "evaluate the base model"):
-        assert timing[stage] == f"{first[stage]:.0f} (cached)", (stage, first[stage], timing[stage])
+    # it measured nothing, so timing.json is left as the invocation that did the work wrote it
+    assert "nothing trained or measured" in again.stdout
+    assert (out / "timing.json").read_bytes() == first_bytes
 
     # a cell trained again in this invocation is evaluated again in full: no metric of the old weights survives
     retrained = summary["cells"][0]["run"]
@@ -363,6 +362,14 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     before = snapshot(tmp_path / "metrics")
     third = run_study(tmp_path)
     assert third.stdout.count("already trained") == TINY_CELLS - 1
+    # timing.json keeps the times of the invocation that did each piece of work, marked cached, and this one's
+    timing = json.loads((out / "timing.json").read_text())
+    for stage in ("arms: training files and measured conflict shares", "knowledge probe",
+                  "open questions: gate and top-K vs temperature", "evaluate the base model",
+                  f"evaluate {summary['cells'][1]['run']}"):
+        assert timing[stage] == f"{first[stage]:.0f} (cached)", (stage, first[stage], timing[stage])
+    assert isinstance(timing[f"train {retrained}"], float) and timing["total (this invocation)"] != first[
+        "total (this invocation)"]
     after = snapshot(tmp_path / "metrics")
     results = [k for k in before if k.startswith(retrained + "/") and k.endswith(".json")]
     assert len(results) >= 4 and all(after[k] != before[k] for k in results), results
