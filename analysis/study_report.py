@@ -216,8 +216,8 @@ def versus_sft(loaded: dict, runs: dict[str, dict], main_lr: float, arm_order: l
                 agg = seed_mean([contrast(loaded, {run[(arm, m, s)]: float(sign), run[(arm, "sft", s)]: -float(sign)},
                                           bench, per_item) for s in seeds])
                 row[key] = agg and agg["value"]
-                row[key + "_se"] = agg and (max(agg["se"], agg["se_seeds"] or 0.0) if agg["se"] is not None
-                                            else agg["se_seeds"])
+                row[key + "_se"] = agg and max((x for x in (agg["se"], agg["se_seeds"]) if x is not None),
+                                               default=None)
             out.append(row)
     return out
 
@@ -391,8 +391,8 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
         lines.append(f"| {arm} | {method} | {lr:g} | {len(cs)} | " + " | ".join(vals) + " |")
     lines += ["", f"## Predictions (main lr {main_lr:g}; highest injected arm {hi}; decision at {Z:g} SE)", "",
               ("SE: the preregistered one, from the per-seed item SEs (no training noise). SE over seeds: std / "
-               "sqrt(n) of the per-seed contrasts (needs 2 seeds or more); the last column applies the same rule with the "
-               "wider of the two (added, not preregistered: results/LOG.md, 2026-12-03)."), "",
+               "sqrt(n) of the per-seed contrasts (needs 2 seeds or more); the last column applies the same rule "
+               "with the wider of the two (added, not preregistered: results/LOG.md, 2026-12-03)."), "",
               "| id | prediction | value ± SE | seeds | verdict | SE over seeds | verdict at the wider SE |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {p['id']} | {cell_text(p['text'])} | {fmt(p['value'], p['se'])} | {p['seeds']} | "
@@ -403,9 +403,10 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     share = {a["name"]: a["measured_conflict_share"] for a in arms}
     lines += ["", f"## Each method minus SFT on the same arm (lr {main_lr:g}; descriptive, not preregistered)", "",
               ("Paired over items per seed, averaged over the seeds both ran; ± the wider of the item SE and the SE "
-               "over seeds (one-seed rows: the item SE, which holds no training noise). A negative KL difference and a positive retention or target-gain difference favour the "
-               "method. Added after the full study had run (results/LOG.md, 2026-12-03): the predictions compare how "
-               "drift changes between arms, this shows where each method stands against SFT on each arm."), "",
+               "over seeds (one-seed rows: the item SE, which holds no training noise). A negative KL difference "
+               "and a positive retention or target-gain difference favour the method. Added after the full study "
+               "had run (results/LOG.md, 2026-12-03): the predictions compare how drift changes between arms, this "
+               "shows where each method stands against SFT on each arm."), "",
               "| arm | conflict share | method | seeds | KL to base Δ | knowledge retention Δ | target gain Δ |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {100 * share[r['arm']]:.2f}% | {r['method']} | {r['seeds']} | "
