@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.plotting import METHOD_NAMES, method_color, method_name, place_labels
+from analysis.plotting import METHOD_ORDER, method_color, method_name, place_labels
 from training.losses import HIGH_ENTROPY_MIN, LOW_ENTROPY_MAX
 
 
@@ -71,7 +71,7 @@ def gain_drop(df: pd.DataFrame, title: str | None = None):
     if df.empty:
         raise ValueError("gain_drop needs at least one (domain, method) row")
     df = df.assign(source=df.get("source", "ours"))
-    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
     df = df.assign(_o=df["method"].map(lambda m: order.get(m, len(order))), _s=df["source"] != "ours")
     df = df.sort_values(["_o", "_s"], kind="stable")
     domains = list(dict.fromkeys(df["domain"]))

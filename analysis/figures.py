@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import fig_tokens, fig_training
-from analysis.paper import load_paper, paper_cells
+from analysis.paper import layouts, load_paper, paper_cells
 from analysis.plotting import save
 from analysis.results import (
     averaged,
@@ -35,7 +35,6 @@ from analysis.results import (
     select_checkpoints,
 )
 from analysis.summaries import region_shares, region_top_tokens, topk_correlation
-from analysis.tables import LAYOUTS
 from analysis.token_stats import read_token_stats
 from common.files import read_jsonl
 from evaluation.schema import run_failure
@@ -151,7 +150,7 @@ def gains(means: pd.DataFrame) -> pd.DataFrame:
 
 def paper_gains(paper: pd.DataFrame, model: str, domain: str) -> pd.DataFrame:
     """The same quantities from the paper's table for (model, domain), computed from its cells."""
-    for art, lay in LAYOUTS.items():
+    for art, lay in layouts().items():
         if lay.domain != domain or model not in lay.models:
             continue
         t = paper_cells(paper, art).loc[model]

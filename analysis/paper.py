@@ -1,8 +1,9 @@
-"""The paper's published numbers, stored once in analysis/paper_results.csv, and checks of their arithmetic.
+"""The paper's published numbers (paper/results.csv) and its tables' layouts (paper/tables.yaml), and checks of
+the numbers' arithmetic.
 
     python -m analysis.paper          # prints every printed average and delta that disagrees with its cells
 
-paper_results.csv (transcribed from arXiv 2601.02151 Tables 1-3 and Figs. 5-6; one value per line):
+paper/results.csv (transcribed from arXiv 2601.02151 Tables 1-3 and Figs. 5-6; one value per line):
     artifact  table1 | table2 | table3 | fig5 | fig6
     model     our model config name (qwen3-4b = Qwen3-4B-Instruct-2507, qwen3-4b-thinking, qwen2.5-32b, glm4-9b)
     method    our method config name (base, sft, sft_kl, flow, dft, talr, eaft, masked_sft, eaft_sig, eaft2, eaft3)
@@ -14,14 +15,38 @@ paper_results.csv (transcribed from arXiv 2601.02151 Tables 1-3 and Figs. 5-6; o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
+from common.declarations import paper_tables
+from common.files import REPO
+
+PAPER_CSV = REPO / "paper" / "results.csv"
 # Cells and printed averages are rounded to 0.1, so an honest average can be off by up to 0.05 + 0.05.
 AVG_TOLERANCE = 0.1 + 1e-9
 DELTA_TOLERANCE = 0.05 + 1e-9  # printed avg and printed delta share one rounding
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One paper table as paper/tables.yaml declares it."""
+    title: str
+    domain: str
+    file: str
+    models: dict  # model config name -> the paper's name for it
+    methods: list
+    target: list
+    general: list
+    target_avg: str | None  # the average column's header; None for a one-benchmark domain
+
+
+def layouts() -> dict[str, Layout]:
+    """{table id: Layout} from paper/tables.yaml (common.declarations)."""
+    keys = Layout.__dataclass_fields__
+    return {tid: Layout(**{k: v for k, v in t.items() if k in keys})
+            for tid, t in paper_tables()["tables"].items()}
 
 
 def load_paper(path: str | Path = PAPER_CSV) -> pd.DataFrame:
@@ -46,7 +71,7 @@ def paper_cells(paper: pd.DataFrame, artifact: str) -> pd.DataFrame:
 def consistency(paper: pd.DataFrame, layouts: dict) -> pd.DataFrame:
     """Every printed average / delta next to what the paper's own cells give; `flag` marks disagreements.
 
-    `layouts`: {artifact: object with .target and .general benchmark lists} (analysis.tables.LAYOUTS)."""
+    `layouts`: {artifact: object with .target and .general benchmark lists} (layouts())."""
     rows = []
     for art, lay in layouts.items():
         t = paper_cells(paper, art)
@@ -70,8 +95,6 @@ def consistency(paper: pd.DataFrame, layouts: dict) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    from analysis.tables import LAYOUTS
-
-    c = consistency(load_paper(), LAYOUTS)
+    c = consistency(load_paper(), layouts())
     print(f"{len(c)} printed averages/deltas checked; disagreements (tolerance {AVG_TOLERANCE:.2f}):")
     print(c[c["flag"]].to_string(index=False))

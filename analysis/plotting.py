@@ -14,6 +14,7 @@ if "ipykernel" not in sys.modules:  # figures are files; no display on the CPU m
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from common.declarations import title
 from common.files import atomic_path
 
 STYLE = {"figure.dpi": 110, "savefig.dpi": 160, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
@@ -21,10 +22,9 @@ STYLE = {"figure.dpi": 110, "savefig.dpi": 160, "font.size": 10, "axes.titlesize
          "grid.alpha": 0.25, "savefig.bbox": "tight"}
 plt.rcParams.update(STYLE)
 
-METHOD_NAMES = {"base": "Base", "sft": "SFT", "sft_kl": "SFT-KL", "flow": "FLOW", "dft": "DFT", "talr": "TALR",
-                "eaft": "EAFT", "masked_sft": "Masked SFT", "masked_sft_batch": "Masked SFT (batch τ)",
-                "masked_sft_pilot": "Masked SFT (pilot)", "eaft_sig": "EAFT_sig", "eaft2": "EAFT²", "eaft3": "EAFT³",
-                "mile": "MiLe"}
+# the order methods are drawn and listed in; their names are the method configs' `title` (common.declarations)
+METHOD_ORDER = ["base", "sft", "sft_kl", "flow", "dft", "talr", "eaft", "masked_sft", "masked_sft_batch",
+                "masked_sft_pilot", "eaft_sig", "eaft2", "eaft3", "mile"]
 _PALETTE = plt.get_cmap("tab20").colors
 METHOD_COLORS = {"sft": "#d62728", "eaft": "#1f77b4", "base": "#7f7f7f", "sft_kl": "#ff7f0e", "flow": "#2ca02c",
                  "dft": "#9467bd", "talr": "#8c564b", "masked_sft": "#e377c2", "masked_sft_pilot": "#c5519b",
@@ -34,7 +34,7 @@ CONFLICT_COLOR = "#d62728"
 
 
 def method_name(m: str) -> str:
-    return METHOD_NAMES.get(m, m)
+    return title("method", m)
 
 
 def method_color(m: str) -> str:

@@ -15,44 +15,20 @@ as such in every table), then the mean over seeds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
-from analysis.paper import consistency, load_paper, paper_cells
+from analysis.paper import Layout, consistency, layouts, load_paper, paper_cells
 from analysis.results import averaged, domain_means, load_metrics, repo_path, seed_means, select_checkpoints
+from common.declarations import title
 from common.files import atomic_write_text
 
 
-@dataclass(frozen=True)
-class Layout:
-    title: str
-    domain: str
-    models: dict  # model config name -> the paper's name for it
-    methods: list
-    target: list
-    general: list
-    target_avg: str | None  # the average column's header; None for a one-benchmark domain
+def bench_name(b: str) -> str:
+    return title("benchmark", b)
 
 
-GENERAL = ["mmlu", "ifeval", "cluewsc"]
-LAYOUTS = {
-    "table1": Layout("Table 1: math", "math",
-                     {"qwen3-4b": "Qwen3-4B-Instruct", "qwen2.5-32b": "Qwen2.5-32B-Instruct", "glm4-9b": "GLM4-9B-0414"},
-                     ["base", "sft", "sft_kl", "flow", "dft", "talr", "eaft"], ["aime24", "aime25", "gsm8k"], GENERAL,
-                     "Math"),
-    "table2": Layout("Table 2: medical", "medical", {"qwen3-4b-thinking": "Qwen3-4B-Thinking-2507"},
-                     ["base", "sft", "eaft"], ["medmcqa", "medqa", "pubmedqa"], GENERAL, "Med"),
-    "table3": Layout("Table 3: agent", "agent", {"qwen3-4b": "Qwen3-4B-Instruct-2507"},
-                     ["base", "sft", "eaft"], ["bfcl_v3"], GENERAL, None),
-}
-FILES = {"table1": "table1_math", "table2": "table2_medical", "table3": "table3_agent"}
-BENCH_NAMES = {"aime24": "AIME24", "aime25": "AIME25", "gsm8k": "GSM8K", "mmlu": "MMLU", "ifeval": "IFEval",
-               "cluewsc": "CLUEWSC", "medmcqa": "MedMCQA", "medqa": "MedQA", "pubmedqa": "PubMedQA",
-               "bfcl_v3": "BFCL v3"}
-METHOD_NAMES = {"base": "base", "sft": "SFT", "sft_kl": "SFT-KL", "flow": "FLOW", "dft": "DFT", "talr": "TALR",
-                "eaft": "EAFT", "masked_sft": "Masked SFT", "masked_sft_pilot": "Masked SFT (pilot)",
-                "eaft_sig": "EAFT_sig", "eaft2": "EAFT²", "eaft3": "EAFT³", "mile": "MiLe"}
+def method_name(m: str) -> str:
+    return title("method", m)
 
 
 def fmt(x, digits: int = 1, signed: bool = False) -> str:
@@ -108,7 +84,7 @@ def build_table(lay: Layout, artifact: str, paper: pd.DataFrame, ours: pd.DataFr
                 if method == "base":
                     base[key] = gen
                 row = {"model": model, "method": method, "source": source, "profile": key[1],
-                       "label": model_name if method == "base" else f"+ {METHOD_NAMES.get(method, method)}",
+                       "label": model_name if method == "base" else f"+ {method_name(method)}",
                        **{b: values.get(b, float("nan")) for b in lay.target + lay.general},
                        "target_avg": tgt, "general_avg": gen, "delta": gen - base.get(key, float("nan")),
                        "note": ""}
@@ -124,9 +100,9 @@ def build_table(lay: Layout, artifact: str, paper: pd.DataFrame, ours: pd.DataFr
 
 def display(table: pd.DataFrame, lay: Layout) -> tuple[list[str], list[list[str]]]:
     """Header and string cells in the paper's column order."""
-    head = ["model / method", "source"] + [BENCH_NAMES.get(b, b) for b in lay.target]
+    head = ["model / method", "source"] + [bench_name(b) for b in lay.target]
     head += [lay.target_avg] if lay.target_avg else []
-    head += [BENCH_NAMES.get(b, b) for b in lay.general] + ["General (Δ)", "note"]
+    head += [bench_name(b) for b in lay.general] + ["General (Δ)", "note"]
     body = []
     for r in table.to_dict("records"):
         source = r["source"] if pd.isna(r["profile"]) else f"{r['source']} ({r['profile']})"
@@ -169,7 +145,7 @@ def ours_table(ours: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     domain_of = dict(zip(ours["benchmark"], ours["bench_domain"]))
     order = {d: i for i, d in enumerate(["math", "medical", "agent", "general", "target"])}
     benches = sorted(domain_of, key=lambda b: (order.get(domain_of[b], 9), b))
-    head = ["model", "profile", "target domain", "method"] + [BENCH_NAMES.get(b, b) for b in benches]
+    head = ["model", "profile", "target domain", "method"] + [bench_name(b) for b in benches]
     head += ["target avg", "general avg", "Δ general", "Δ target", "seeds"]
     body = []
     keys = ["base_model", "profile", "target_domain"]
@@ -185,7 +161,7 @@ def ours_table(ours: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         dt = r["target"] - base["target"].iloc[0] if len(base) else float("nan")
         seeds = int(ours.loc[sel, "n_seeds"].max()) if sel.any() else 0
         body.append([str(r["base_model"]), "–" if pd.isna(r["profile"]) else str(r["profile"]),
-                     str(r["target_domain"]), METHOD_NAMES.get(r["method"], r["method"])]
+                     str(r["target_domain"]), method_name(r["method"])]
                     + [fmt(vals.get(b), 2) for b in benches]
                     + [fmt(r["target"], 2), fmt(r["general"], 2), fmt(dg, 2, True), fmt(dt, 2, True), str(seeds)])
     return head, body
@@ -202,19 +178,20 @@ def main(cfg) -> dict:
     if metrics.empty:
         print(f"[tables] no results under {cfg.metrics_dir}: our rows stay empty (run `make eval RUN=<run>`)")
     written = []
-    for art, lay in LAYOUTS.items():
+    lays = layouts()
+    for art, lay in lays.items():
         head, body = display(build_table(lay, art, paper, ours), lay)
         caption = f"{lay.title}. Paper rows: published cells, averages recomputed from them. Ours: {label}."
         for ext, render in (("md", to_markdown), ("tex", to_latex)):
-            atomic_write_text(out / f"{FILES[art]}.{ext}", render(head, body, caption))
-            written.append(f"{FILES[art]}.{ext}")
+            atomic_write_text(out / f"{lay.file}.{ext}", render(head, body, caption))
+            written.append(f"{lay.file}.{ext}")
     if not ours.empty:
         head, body = ours_table(ours)
         caption = f"All our evaluated runs. {label}. Averages over benchmarks in points only (NLL, KL excluded)."
         for ext, render in (("md", to_markdown), ("tex", to_latex)):
             atomic_write_text(out / f"ours.{ext}", render(head, body, caption))
             written.append(f"ours.{ext}")
-    checks = consistency(paper, LAYOUTS)
+    checks = consistency(paper, lays)
     flagged = checks[checks["flag"]]
     text = (f"# The paper's printed averages checked against its own cells\n\n{len(checks)} checked, "
             f"{len(flagged)} disagree (tolerance 0.1: cells and averages are each rounded to 0.1).\n\n"

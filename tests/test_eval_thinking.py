@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from common.generation import generation_budget
 from evaluation import evaluate as ev
+from evaluation.benchmarks import with_declared
 from tests.conftest import REPO
 from tests.test_eval_cli import FIXTURES
 
@@ -23,8 +24,8 @@ def thinking_tiny(monkeypatch, **extra):
 
 def main(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("eval", overrides=[f"out_dir={tmp_path / 'metrics'}", "progress=false", "model_spec=tiny",
-                                         *FIXTURES, *overrides])
+        cfg = compose("eval", overrides=with_declared([f"out_dir={tmp_path / 'metrics'}", "progress=false", "model_spec=tiny",
+                                         *FIXTURES, *overrides]))
     return ev.main(cfg)
 
 

@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from evaluation import evaluate as ev
+from evaluation.benchmarks import with_declared
 from evaluation.sources import DataFormatError, data_note
 from tests.conftest import REPO
 from tests.test_eval_cli import FIXTURES
@@ -17,8 +18,8 @@ F = REPO / "tests" / "fixtures" / "eval"
 
 def main(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("eval", overrides=[f"out_dir={tmp_path / 'metrics'}", "progress=false", "model_spec=tiny",
-                                         "max_new_tokens=4", *FIXTURES, *overrides])
+        cfg = compose("eval", overrides=with_declared([f"out_dir={tmp_path / 'metrics'}", "progress=false", "model_spec=tiny",
+                                         "max_new_tokens=4", *FIXTURES, *overrides]))
     return ev.main(cfg)
 
 

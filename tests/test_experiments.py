@@ -28,12 +28,51 @@ def names(group: str) -> set[str]:
 
 
 def test_every_table_and_figure_run_of_the_paper_is_named():
-    table1 = {f"table1-{m}" for m in ("sft", "sft_kl", "flow", "dft", "talr", "eaft")}
-    table1 |= {f"table1-{x}-{m}" for x in ("qwen2.5-32b", "glm4-9b") for m in ("sft", "sft_kl", "flow", "dft",
-                                                                                 "talr", "eaft")}
-    others = {"table2-sft", "table2-eaft", "table3-sft", "table3-eaft"}
-    fig5 = {f"fig5-{m}" for m in ("eaft_sig", "eaft2", "eaft3", "masked_sft")}
-    assert set(EXPERIMENTS) == table1 | others | fig5
+    """configs/experiment/ is what paper/tables.yaml declares, file for file (tools/experiment_configs.py)."""
+    from common.declarations import paper_runs
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import experiment_configs
+
+    diff = experiment_configs.differences()
+    assert not diff, f"run `python tools/experiment_configs.py`: {diff}"
+    runs = paper_runs()
+    assert set(EXPERIMENTS) == set(runs)
+    # the paper's runs: 6 methods x 3 models for Table 1, SFT and EAFT for Tables 2 and 3, 4 gating variants
+    assert len(runs) == 6 * 3 + 2 + 2 + 4 and {"table1-eaft", "table1-glm4-9b-sft_kl", "table2-eaft",
+                                                "table3-sft", "fig5-eaft3"} <= set(runs)
+
+
+def test_every_declaration_has_what_its_tables_and_suites_need():
+    from common.declarations import problems
+
+    assert problems() == []
+
+
+def test_a_declaration_missing_something_a_table_needs_is_named(tmp_path):
+    """A copy of configs/ and paper/tables.yaml with one hole of each kind: every hole is reported by file."""
+    import shutil
+
+    from common import declarations
+
+    configs, paper = tmp_path / "configs", tmp_path / "paper" / "tables.yaml"
+    shutil.copytree(CONFIGS, configs)
+    paper.parent.mkdir()
+    paper.write_text((REPO / "paper" / "tables.yaml").read_text().replace("[mmlu, ifeval, cluewsc]",
+                                                                           "[mmlu, ifeval, cluewsc, newbench]"))
+    (configs / "method" / "talr.yaml").write_text("name: talr\nloss: talr\nhparams: {}\n")  # no title
+    model = configs / "model" / "glm4-9b.yaml"
+    model.write_text("\n".join(x for x in model.read_text().splitlines() if not x.startswith("params")))
+    declarations._group.cache_clear()
+    declarations.paper_tables.cache_clear()
+    try:
+        found = declarations.problems(configs, paper)
+    finally:
+        declarations._group.cache_clear()
+        declarations.paper_tables.cache_clear()
+    assert any("newbench" in f and "configs/benchmark/newbench.yaml" in f for f in found), found
+    assert any(f.startswith("configs/method/talr.yaml: no `title`") for f in found), found
+    assert any(f.startswith("configs/model/glm4-9b.yaml: no `params`") for f in found), found
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -43,10 +82,12 @@ def test_experiment_composes_and_names_configs_that_exist(name):
     assert cfg.profile == "paper" and cfg.trainer.learning_rate == 1e-5 and not cfg.trainer.get("use_cpu")
     assert cfg.deepspeed.zero_optimization.stage == 3 and cfg.global_batch_size == 64
     assert cfg.run_name == f"{cfg.model.name}-{cfg.data.name}-{cfg.method.name}-s{cfg.seed}"
-    suite = OmegaConf.load(CONFIGS / "suite" / f"{cfg.suite}.yaml")
-    assert all((CONFIGS / "benchmark" / f"{b}.yaml").exists() for b in suite.benchmarks)
+    from common.declarations import suite_benchmarks
+
+    benches = suite_benchmarks(OmegaConf.to_container(OmegaConf.load(CONFIGS / "suite" / f"{cfg.suite}.yaml")))
+    assert benches and all((CONFIGS / "benchmark" / f"{b}.yaml").exists() for b in benches)
     # the table the run belongs to scores its data's domain
-    domains = {OmegaConf.load(CONFIGS / "benchmark" / f"{b}.yaml").domain for b in suite.benchmarks}
+    domains = {OmegaConf.load(CONFIGS / "benchmark" / f"{b}.yaml").domain for b in benches}
     assert cfg.data.domain in domains and "general" in domains
 
 

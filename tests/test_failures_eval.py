@@ -18,6 +18,7 @@ from analysis import figures, tables
 from analysis.results import load_metrics
 from evaluation import evaluate as ev
 from evaluation import sources
+from evaluation.benchmarks import with_declared
 from evaluation.schema import SchemaError, read_result, validate, write_result
 from evaluation.sources import DataFormatError
 from tests.conftest import REPO
@@ -151,7 +152,7 @@ def test_case1_figures_leave_out_the_training_log_of_a_failed_run(tmp_path, caps
 
 def without_fixtures(*overrides):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose("eval", overrides=["progress=false", *overrides])
+        return compose("eval", overrides=with_declared(["progress=false", *overrides]))
 
 
 @pytest.fixture

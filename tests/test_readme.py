@@ -4,7 +4,7 @@
 - its equation map names functions of training/losses.py and configs that exist;
 - every relative link in README.md, docs/*.md and results/demo/README.md resolves (file and #heading);
 - every number of ours in its results-at-a-glance table is in the committed file the row names;
-- the published numbers in docs/paper.md equal analysis/paper_results.csv, cell by cell;
+- the published numbers in docs/paper.md equal paper/results.csv, cell by cell;
 - the quoted demo numbers (the full profile's rows, the audit's calculator-tag finding) are the committed ones;
 - the README's torch example runs; its commands are make targets; it stays short.
 """
@@ -142,7 +142,7 @@ def test_glance_numbers_are_in_the_files_they_name():
     assert checked >= 6
 
 
-# docs/paper.md's published-results tables -> analysis/paper_results.csv columns
+# docs/paper.md's published-results tables -> paper/results.csv columns
 ARTIFACT = {"Table 1": "table1", "Table 2": "table2", "Table 3": "table3", "Fig. 5": "fig5", "Fig. 6": "fig6"}
 COLUMN = {"AIME24": "aime24", "AIME25": "aime25", "GSM8K": "gsm8k", "MMLU": "mmlu", "IFEval": "ifeval",
           "CLUEWSC": "cluewsc", "MedMCQA": "medmcqa", "MedQA": "medqa", "PubMedQA": "pubmedqa", "BFCL v3": "bfcl_v3",
@@ -173,14 +173,14 @@ def paper_md_values() -> dict[tuple, float]:
 
 
 def test_paper_md_published_numbers_equal_the_csv():
-    csv = pd.read_csv(REPO / "analysis" / "paper_results.csv")
+    csv = pd.read_csv(REPO / "paper" / "results.csv")
     csv = csv[csv["column"] != "target_text"]  # a number the text gives, quoted in prose beside Fig. 5's table
     expected = {(r.artifact, r.model, r.method, r.column): r.value for r in csv.itertuples()}
     got = paper_md_values()
     wrong = {k: (v, expected.get(k)) for k, v in got.items() if expected.get(k) != pytest.approx(v)}
-    assert not wrong, f"docs/paper.md disagrees with analysis/paper_results.csv (doc, csv): {wrong}"
+    assert not wrong, f"docs/paper.md disagrees with paper/results.csv (doc, csv): {wrong}"
     missing = sorted(set(expected) - set(got))
-    assert not missing, f"docs/paper.md lacks these published numbers of analysis/paper_results.csv: {missing}"
+    assert not missing, f"docs/paper.md lacks these published numbers of paper/results.csv: {missing}"
 
 
 @pytest.mark.parametrize("method, label", [("eaft", "EAFT"), ("eaft_sig", "EAFT-sigmoid"), ("mile", "MiLe"),

@@ -30,6 +30,8 @@ RESUMABLE_KEYS = (
     "trainer.report_to",
     # metadata that names or labels the run without changing what it trains (added after runs without them)
     "run_prefix", "profile", "suite", "data.domain",
+    # display names and bookkeeping that configs/method and configs/model declare (common/declarations.py)
+    "method.title", "model.params",
 )
 
 
