@@ -68,10 +68,10 @@ audit: $(STAMP) ## confident-conflict audit of a data set: make audit MODEL=smol
 	$(PY) -m analysis.audit model=$(MODEL) data=$(DATA) $(ARGS)
 
 demo: $(STAMP) ## the embedded default: SFT vs EAFT on SmolLM2-135M, CPU; FULL=1 for every method x 3 seeds
-	$(PY) -m analysis.demo $(if $(FULL),demo_profile=full,) $(ARGS)
+	$(PY) -m experiments.demo $(if $(FULL),demo_profile=full,) $(ARGS)
 
 study: $(STAMP) ## the conflict study: make study [PROFILE=quick|tiny] [ARGS=reuse_kept=true] (results/study/)
-	$(PY) -m analysis.study study_profile=$(or $(PROFILE),full) $(ARGS)
+	$(PY) -m experiments.study study_profile=$(or $(PROFILE),full) $(ARGS)
 
 bench: $(STAMP) ## loss kernels: time and peak memory vs plain CE
 	$(PY) -m training.bench $(ARGS)

@@ -1,8 +1,7 @@
-"""The demo's table, figure and verdict, from results/metrics (no model needed).
+"""The demo's table, figure, summary and verdict, from its result files (no model needed).
 
-    python -m analysis.demo_report                     # re-render results/demo from the existing metrics
-    python -m analysis.demo_report demo_profile=full   # the full profile's (results/demo/full); while it is
-                                                       # still running, from the runs evaluated so far
+    from analysis.demo_report import report        # called by experiments/demo.py; to re-render from the committed
+    make demo ARGS=reuse_kept=true                  # files alone, or report_only=true while a profile is running
 
 Columns: target = held-out GSM8K items the model never trained on (mean NLL per token of the reference solutions;
 greedy accuracy graded with math-verify); general = the `mini` multiple-choice suite (accuracy, %) and drift from
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.demo_runs import base_run_name, evaluated, run_name
-from common.files import atomic_write_text, read_jsonl, repo_path
+from common.files import atomic_write_json, atomic_write_text, read_jsonl
 from evaluation.likelihood import ratio_stats
 
 TARGET_NLL, TARGET_ACC, DRIFT = "target_nll", "gsm8k_heldout", "general_kl"
@@ -39,7 +37,7 @@ def load_run(metrics_dir: Path, run: str) -> dict[str, dict]:
     not such a result (hand-edited, cut, or from elsewhere) is refused with its path, before any number is made."""
     d = metrics_dir / run
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: no results; run `python -m analysis.demo` first")
+        raise FileNotFoundError(f"{d}: no results; evaluate {run} first (make demo, make study)")
     out = {}
     for p in sorted(d.glob("*.json")):
         try:
@@ -117,7 +115,7 @@ TITLES = {TARGET_NLL: "target NLL/token ↓", TARGET_ACC: "GSM8K held-out acc (%
           "base_answer_nll": "NLL of base answers ↓"}
 
 
-def title(bench: str, which: str | None) -> str:
+def title_of(bench: str, which: str | None) -> str:
     return TITLES.get(which or bench, f"{bench} (%)")
 
 
@@ -322,23 +320,35 @@ def not_yet(missing: dict[str, dict], n_methods: int) -> str:
     return "; ".join(parts)
 
 
-def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str, float],
+def headlines(comp: pd.DataFrame) -> list[dict]:
+    """Every method's paired difference from SFT per column, mean over seeds ± its SE: the numbers a re-run on
+    another machine is compared with (experiments/agreement.py)."""
+    out = []
+    rows = comp[comp.what.str.endswith(" - sft")] if len(comp) else comp
+    for (what, col), g in rows.groupby(["what", "column"], sort=False):
+        diff, se = seed_mean(g)
+        out.append({"name": f"{what}: {col}", "value": float(diff), "se": None if math.isnan(se) else float(se),
+                    "seeds": int(g.seed.nunique())})
+    return out
+
+
+def report(metrics_dir: Path, out: Path, *, base: str, runs: dict[str, dict], mech: dict, timings: dict,
+           title: str, command: str, n_methods: int, figure_title: str, environment: dict | None = None,
            missing: dict[str, dict] | None = None) -> dict:
-    """Write <out_dir>/table.md and gain_vs_drift.{png,pdf}; print the table. `missing`: runs of the profile not
-    evaluated yet (a report of a run in progress says so at the top)."""
+    """Write <out>/table.md, summary.json and gain_vs_drift.{png,pdf}; print the table. `runs`: {run: {method,
+    seed}} evaluated under `metrics_dir`; `missing`: the profile's runs not evaluated yet (a report of a run in
+    progress says so at the top); `environment`: the precision and library versions the runs share."""
     from analysis.plotting import save
 
-    metrics_dir, out = repo_path(cfg.metrics_dir), repo_path(cfg.out_dir)
     df, loaded = summary_frame(metrics_dir, base, runs)
     cols = [which or bench for bench, which in columns(loaded[base])]
     cols.insert(next((i for i, c in enumerate(cols) if c == DRIFT), len(cols)), "mini_avg")
-    header = ["model"] + [title(c, None) if c != "mini_avg" else "mini avg (%)" for c in cols]
-    lines = [f"# Demo ({cfg.demo_profile.name}): SFT vs EAFT on {cfg.model.name}, CPU", "",
-             f"Command: `{cfg.demo_profile.command}`. Every number below was produced by that command; "
-             "re-render with `python -m analysis.demo_report"
-             + ("" if cfg.demo_profile.name == "quick" else f" demo_profile={cfg.demo_profile.name}") + "`.", "",
+    header = ["model"] + [title_of(c, None) if c != "mini_avg" else "mini avg (%)" for c in cols]
+    lines = [title, "",
+             (f"Command: `{command}`. Every number below was produced by that command; with `reuse_kept=true` it "
+              "re-renders them from the committed runs and metrics, training nothing."), "",
              *([f"**Partial: {len(runs)} of {len(runs) + len(missing)} runs evaluated so far.** Not yet: "
-                + not_yet(missing, len(cfg.methods)) + f". `{cfg.demo_profile.command}` resumes where it "
+                + not_yet(missing, n_methods) + f". `{command}` resumes where it "
                 "stopped; seed counts below say how many runs each row has.", ""] if missing else []),
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in method_rows(df, cols)]
@@ -372,31 +382,10 @@ def report(cfg, base: str, runs: dict[str, dict], mech: dict, timings: dict[str,
                    "stage this invocation found done, with the time of the run that did it.")]
     table = out / "table.md"
     atomic_write_text(table, "\n".join(lines) + "\n")
-    save(gain_drift_figure(df, f"{cfg.model.name} on {cfg.data.name}: target gain vs general drift"), out / "gain_vs_drift")
+    save(gain_drift_figure(df, figure_title), out / "gain_vs_drift")
     comp.to_csv(out / "paired_differences.csv", index=False)
+    summary = {"command": command, "base": base, "runs": runs, "environment": environment,
+               "headlines": headlines(comp)}
+    atomic_write_json(out / "summary.json", summary)
     print("\n".join(lines), flush=True)
-    return {"table": str(table), "summary": df.to_dict("records")}
-
-
-def main(cfg) -> dict:
-    """Re-render the report from results/metrics and <out_dir>/{mechanism,timing}.json, without a model."""
-    out = repo_path(cfg.out_dir)
-    missing = [f for f in ("mechanism.json", "timing.json") if not (out / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{out}: no {', '.join(missing)}; run `{cfg.demo_profile.command}` first")
-    runs = {run_name(cfg, m, s): {"method": m, "seed": s} for s in cfg.seeds for m in cfg.methods}
-    done = {r: meta for r, meta in runs.items() if evaluated(cfg, r)}
-    if not done:
-        raise FileNotFoundError(f"no run of profile {cfg.demo_profile.name} is evaluated yet under "
-                                f"{cfg.metrics_dir}; run `{cfg.demo_profile.command}` first")
-    mech = json.loads((out / "mechanism.json").read_text())
-    timings = {k: v for k, v in json.loads((out / "timing.json").read_text()).items()
-               if k not in ("report", "total (this invocation)")}
-    return report(cfg, base_run_name(cfg), done, mech, timings,
-                  missing={r: meta for r, meta in runs.items() if r not in done})
-
-
-if __name__ == "__main__":
-    import hydra
-
-    hydra.main(config_path="../configs", config_name="demo", version_base=None)(main)()
+    return {"table": str(table), "summary": str(out / "summary.json"), "rows": df.to_dict("records")}

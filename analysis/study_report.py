@@ -1,7 +1,8 @@
 """The conflict study's report, from <metrics_dir> (results/study/metrics) and <out_dir>/{arms,open_questions}.json
 (no model needed).
 
-    python -m analysis.study_report study_profile=full     # re-render results/study from the existing metrics
+    from analysis.study_report import report      # called by experiments/study.py
+    make study ARGS=reuse_kept=true               # re-render results/study from the committed cells
 
 Writes <out_dir>/table.md, summary.json, dose_response.png, pareto.png, open_questions.png.
 
@@ -11,7 +12,7 @@ Measures per cell (a trained model), each paired with the base model over identi
     base_answer_nll      tuned - base NLL per token of those base answers (the secondary drift measure)
     knowledge_retention  mean over probe facts of log p_tuned(answer) - log p_base(answer), answer turn in nats
     mini_acc             tuned - base accuracy (percentage points), mean of the mini multiple-choice benchmarks
-                         (arc_easy, piqa), paired per item
+                         (every other benchmark of the profile: arc_easy, piqa), paired per item
     injected_learned     mean over substituted held-out tokens of log p_tuned - log p_base (nats per token)
 Predictions (results/study/PREREGISTRATION.md) are contrasts of these across arms and methods at the main learning
 rate, computed per seed over paired items and averaged over seeds; the verdict applies the preregistered rule,
@@ -21,15 +22,14 @@ A descriptive table, not preregistered, gives each method minus SFT on every arm
 
 from __future__ import annotations
 
-import json
 import math
+from pathlib import Path
 
 from analysis.demo_report import item_pairs, load_run, require_same_tokens
-from common.files import atomic_write_json, atomic_write_text, repo_path
+from common.files import atomic_write_json, atomic_write_text
 from evaluation.likelihood import ratio_stats
 
 TARGET, DRIFT, PROBE, INJECTED = "target_nll", "general_kl", "knowledge_nll", "injected_learned"
-MINI = ("arc_easy", "piqa")
 MEASURES = ("target_gain", "kl_to_base", "base_answer_nll", "knowledge_retention", "mini_acc", "injected_learned")
 LOW_ARM = "natural_notags"       # the reference arm of the dose contrasts
 EQUIVALENCE_MARGIN = 0.01        # KL nats/token: P4's "no difference" band (PREREGISTRATION.md)
@@ -91,7 +91,8 @@ def cell_measures(loaded: dict, base: str, run: str) -> dict:
            "injected_learned": neg(contrast(loaded, pair, INJECTED))}
     r = loaded[run]
     out["kl_to_base"] = {"value": r[DRIFT]["value"], "se": r[DRIFT]["stderr"]} if DRIFT in r else None
-    minis = [c for c in (contrast(loaded, pair, b, per_item=True) for b in MINI) if c is not None]
+    mini = [b for b in loaded[base] if b not in (TARGET, DRIFT, PROBE, INJECTED)]
+    minis = [c for c in (contrast(loaded, pair, b, per_item=True) for b in mini) if c is not None]
     out["mini_acc"] = ({"value": sum(m["diff"] for m in minis) / len(minis),
                         "se": math.sqrt(sum((m["stderr"] or 0) ** 2 for m in minis)) / len(minis)} if minis else None)
     return out
@@ -222,6 +223,17 @@ def versus_sft(loaded: dict, runs: dict[str, dict], main_lr: float, arm_order: l
     return out
 
 
+def headlines(preds: list[dict], vs_sft: list[dict]) -> list[dict]:
+    """The numbers a re-run on another machine is compared with (experiments/agreement.py): every prediction's
+    value with the wider of its SEs, and every method-minus-SFT difference."""
+    out = [{"name": f"{p['id']} ({p['measure']})", "value": p["value"],
+            "se": max((x for x in (p["se"], p["se_seeds"]) if x is not None), default=None), "seeds": p["seeds"]}
+           for p in preds]
+    out += [{"name": f"{r['method']} - sft on {r['arm']}: {key}", "value": r[key], "se": r[key + "_se"],
+             "seeds": r["seeds"]} for r in vs_sft for key, *_ in VERSUS_SFT]
+    return out
+
+
 # ---- figures ------------------------------------------------------------------------------------------------
 
 def _agg(cells: list[dict], key: str) -> tuple[float, float]:
@@ -345,18 +357,19 @@ def fmt_se(se: float | None, d=3) -> str:
     return "–" if se is None else f"{se:.{d}f}"
 
 
-def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) -> dict:
-    """Write table.md, summary.json and the figures; return their paths."""
+def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: list[dict], oq: dict,
+           profile: str, command: str, model: str, main_lr: float, environment: dict | None = None) -> dict:
+    """Write table.md, summary.json and the figures; return their paths. `runs`: {run: {arm, method, lr, seed}}
+    evaluated under `metrics`; `main_lr`: the learning rate of the predictions; `environment`: the precision and
+    library versions every cell shares."""
     from analysis.plotting import save
 
-    metrics, out = repo_path(cfg.metrics_dir), repo_path(cfg.out_dir)
     loaded = {r: load_run(metrics, r) for r in [base, *runs]}
     cells = []
     for run, c in runs.items():
         m = cell_measures(loaded, base, run)
         cells.append({"run": run, **c, **{k: m[k]["value"] if m[k] else None for k in MEASURES},
                       **{k + "_se": m[k]["se"] if m[k] else None for k in MEASURES}})
-    main_lr = float(cfg.study_profile.cells[0].lr)
     injected = [a for a in arms if a["name"].startswith("injected_d")]
     hi = max(injected, key=lambda a: a["measured_conflict_share"])["name"] if injected else None
     preds = prediction_values(loaded, runs, main_lr, hi)
@@ -365,14 +378,15 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     overall_wider = (overall_verdict([{"id": i, "verdict": by_id[i]["verdict_wider_se"]} for i in ("P1", "P2")])
                      if all(by_id.get(i, {}).get("verdict_wider_se") for i in ("P1", "P2")) else None)
     vs_sft = versus_sft(loaded, runs, main_lr, [a["name"] for a in arms])
-    summary = {"profile": cfg.study_profile.name, "command": cfg.study_profile.command, "model": cfg.model.name,
+    summary = {"profile": profile, "command": command, "model": model,
                "verdict": overall, "verdict_rule": VERDICT_RULE, "verdict_wider_se": overall_wider,
                "main_lr": main_lr, "highest_injected_arm": hi,
                "arms": [{k: a[k] for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")} for a in arms],
-               "cells": cells, "predictions": preds, "versus_sft": vs_sft, "open_questions": oq}
+               "cells": cells, "predictions": preds, "versus_sft": vs_sft, "open_questions": oq,
+               "environment": environment, "headlines": headlines(preds, vs_sft)}
     atomic_write_json(out / "summary.json", summary)
-    lines = [f"# Conflict study ({cfg.study_profile.name}) on {cfg.model.name}", "",
-             (f"Command: `{cfg.study_profile.command}`; every number below was produced by it. Design, predictions "
+    lines = [f"# Conflict study ({profile}) on {model}", "",
+             (f"Command: `{command}`; every number below was produced by it. Design, predictions "
               "and decision rules: PREREGISTRATION.md. Machine-readable: summary.json."), "",
              (f"**Verdict on the paper's causal claim: {overall}** (P1 {verdict_of(preds, 'P1')}, "
               f"P2 {verdict_of(preds, 'P2')}; {VERDICT_RULE})."), "",
@@ -426,25 +440,3 @@ def report(cfg, base: str, runs: dict[str, dict], arms: list[dict], oq: dict) ->
     save(open_questions_figure(oq), out / "open_questions")
     print("\n".join(lines), flush=True)
     return {"table": str(out / "table.md"), "summary": str(out / "summary.json")}
-
-
-def main(cfg) -> dict:
-    """Re-render from <metrics_dir> and <out_dir>/{arms,open_questions}.json, without a model."""
-    from analysis.study_runs import arm_names, base_run_name, evaluated, run_name
-    from analysis.study_runs import cells as all_cells
-
-    out = repo_path(cfg.out_dir)
-    for f in ("arms.json", "open_questions.json"):
-        if not (out / f).exists():
-            raise FileNotFoundError(f"{out / f}: missing; run `{cfg.study_profile.command}` first")
-    runs = {run_name(cfg, c): c for c in all_cells(cfg)}
-    done = {r: c for r, c in runs.items() if evaluated(cfg, r)}
-    arms = [a for a in json.loads((out / "arms.json").read_text()) if a["name"] in arm_names(cfg)]
-    return report(cfg, base_run_name(cfg), done, arms, json.loads((out / "open_questions.json").read_text()))
-
-
-if __name__ == "__main__":
-    import hydra
-
-    hydra.main(config_path="../configs", config_name="study", version_base=None)(main)()
-

@@ -13,6 +13,10 @@ with a few hundred training steps needs to see forgetting.
 - kl_to_base: the base model answers each general-domain prompt greedily; teacher-forcing those answers, the
   per-token KL(tuned || base) = sum_v p_tuned(v) (log p_tuned(v) - log p_base(v)) over the answer tokens, and the
   tuned model's NLL of the base answers. Both are 0 / the base's own NLL for the base model itself.
+- marked_token_nll: the NLL of chosen tokens only: each row lists positions (in training.data.tokenize_chat's ids)
+  under `positions_field`; the conflict study scores the tokens it substituted (injected_learned).
+- answer_nll: the NLL of a row's `answer` only, inside its assistant turn: the tokens of the turn up to the answer
+  (a lead-in such as "The capital of France is") are read, not scored (the conflict study's knowledge probe).
 
 stderr: delta-method standard error of a ratio estimator (sum x_i / sum t_i over conversations i), so long
 answers weigh more but the uncertainty is over conversations, the independent unit. Tensors: logits (B, T, V).
@@ -93,6 +97,51 @@ def response_nll(model, tokenizer, conversations, *, max_length: int = 1024, bat
     out = ratio_stats(sums, counts)
     out["per_example"], out["kept"] = list(zip(sums, counts)), kept
     return out
+
+
+@torch.no_grad()
+def marked_nll(model, tokenizer, conversations, positions: list[list[int]], *, max_length: int = 1024,
+               batch_size: int = 4, progress: bool = True) -> list[float]:
+    """Per conversation: the summed NLL (nats) of the tokens at `positions` (indices into tokenize_chat's ids; each
+    is predicted by the logits one position earlier)."""
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = _encode(tokenizer, conversations, max_length)
+    for (ids, _), pos in zip(encoded, positions):
+        if any(not 0 < p < len(ids) for p in pos):
+            raise ValueError(f"marked positions {pos} fall outside a conversation of {len(ids)} tokens")
+    sums = []
+    batches = list(_batches(encoded, batch_size, _pad_id(tokenizer), device))
+    for b, (ids, att, _) in enumerate(tqdm(batches, desc="marked nll", disable=not progress)):
+        logp = F.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), -1)  # (B, T, V)
+        for r in range(ids.shape[0]):
+            pos = positions[b * batch_size + r]
+            sums.append(-float(sum(logp[r, p - 1, ids[r, p]] for p in pos)))
+    return sums
+
+
+def answer_positions(tokenizer, messages: list[dict], answer: str) -> list[int]:
+    """The token positions (in tokenize_chat's ids) of `answer` where the last assistant turn says it: the turn's
+    tokens from the first one that overlaps the answer's characters to the last. The tokens before it (a lead-in)
+    are context. Raises when the turn does not contain the answer."""
+    turn = messages[-1]["content"]
+    at = turn.rfind(answer)
+    if at < 0:
+        raise ValueError(f"the assistant turn {turn!r} does not contain its answer {answer!r}")
+    ids, labels, _ = tokenize_chat(tokenizer, messages)
+    sup = [i for i, x in enumerate(labels) if x != IGNORE_INDEX]
+    # decode the supervised tokens one by one to find which of them carry the answer's characters
+    text, spans = "", []
+    for i in sup:
+        piece = tokenizer.decode(ids[: i + 1])[len(tokenizer.decode(ids[:i])):]
+        spans.append((i, len(text), len(text) + len(piece)))
+        text += piece
+    start = text.find(turn[:at]) if at else 0
+    lo, hi = start + at, start + at + len(answer)
+    pos = [i for i, a, b in spans if a < hi and b > lo]
+    if not pos:
+        raise ValueError(f"no token of the assistant turn {turn!r} carries its answer {answer!r}")
+    return pos
 
 
 @torch.no_grad()
@@ -179,9 +228,29 @@ def run_likelihood(bench: dict, ctx) -> dict:
                          batch_size=ctx.batch_size, progress=ctx.progress)
         # by r["kept"]: a row with no supervised token left after truncation is not scored, and must not shift
         # the ids of the rows after it
-        items = [{"id": str(keep[j]), "nll_sum": s, "tokens": t} for j, (s, t) in zip(r["kept"], r["per_example"])]
+        ids = item_ids(bench, rows, keep)
+        items = [{"id": ids[j], "nll_sum": s, "tokens": t} for j, (s, t) in zip(r["kept"], r["per_example"])]
         metric, value, stderr, n = "nll_per_token", r["value"], r["stderr"], r["n"]
         metrics = {"nll_per_token": value, "perplexity": math.exp(value), "tokens": r["tokens"]}
+    elif bench["measure"] in ("marked_token_nll", "answer_nll"):
+        from training.data import read_chat_jsonl
+
+        rows = read_chat_jsonl(path)
+        keep = select_subset(len(rows), ctx.limit, ctx.subset_seed)
+        if bench["measure"] == "answer_nll":
+            pos = [answer_positions(tok, rows[i]["messages"], rows[i]["answer"]) for i in keep]
+        else:
+            pos = [[int(p) for p in rows[i][bench["positions_field"]]] for i in keep]
+        sums = marked_nll(model, tok, [rows[i] for i in keep], pos, max_length=settings["max_length"],
+                          batch_size=ctx.batch_size, progress=ctx.progress)
+        ids = item_ids(bench, rows, keep)
+        items = [{"id": i, "nll_sum": x, "tokens": len(p)} for i, x, p in zip(ids, sums, pos)]
+        if not items:
+            raise ValueError(f"{path}: no row to score (limit {ctx.limit})")
+        st = ratio_stats(sums, [len(p) for p in pos])
+        metric, value, stderr, n = ("substituted_token_nll" if bench["measure"] == "marked_token_nll"
+                                    else "answer_nll_per_token"), st["value"], st["stderr"], st["n"]
+        metrics = {metric: value, "tokens": st["tokens"]}
     elif bench["measure"] == "kl_to_base":
         if not ctx.base_model_cfg:
             raise ValueError("general_kl needs the base model: evaluate a run dir (its config.yaml names it) or "
@@ -218,12 +287,27 @@ def run_likelihood(bench: dict, ctx) -> dict:
         metrics = {"kl_per_token": value, "base_answer_nll": r["base_answer_nll"]["value"],
                    "base_answer_nll_stderr": r["base_answer_nll"]["stderr"], "tokens": r["kl"]["tokens"]}
     else:
-        raise ValueError(f"bench.{bench['name']}.measure must be response_nll or kl_to_base, got {bench['measure']!r}")
+        raise ValueError(f"bench.{bench['name']}.measure must be response_nll, kl_to_base, marked_token_nll or "
+                         f"answer_nll, got {bench['measure']!r}")
     ctx.items_dir.mkdir(parents=True, exist_ok=True)
     out = ctx.items_dir / f"{bench['name']}.jsonl"
     atomic_write_jsonl(out, items)
     return {"metric": metric, "value": value, "stderr": stderr, "n": n, "n_runs": 1, "settings": settings,
             "data_source": str(path), "metrics": metrics}
+
+
+def item_ids(bench: dict, rows: list[dict], keep: list[int]) -> list[str]:
+    """The item ids a likelihood benchmark writes for rows `keep` of its data file: the row's own id (`id_field`),
+    followed by @<positions> for marked tokens (runs pair only over the same tokens), else the row index."""
+    field = bench.get("id_field")
+    if not field:
+        return [str(i) for i in keep]
+    missing = [i + 1 for i in keep if field not in rows[i]]
+    if missing:
+        raise ValueError(f"bench.{bench['name']}: rows {missing[:5]} have no {field!r} (its id_field)")
+    if bench["measure"] == "marked_token_nll":
+        return [f"{rows[i][field]}@{','.join(str(int(p)) for p in rows[i][bench['positions_field']])}" for i in keep]
+    return [str(rows[i][field]) for i in keep]
 
 
 def _load_base(ctx):

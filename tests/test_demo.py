@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 F = REPO / "tests/fixtures/eval"
@@ -21,7 +22,7 @@ def tiny_overrides(tmp: Path) -> list[str]:
 
 def run_demo(*overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "analysis.demo", *overrides], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "experiments.demo", *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -58,27 +59,26 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path):
                 for r in ("demo-tiny-base", "demo-tiny-sft-s0")}
     assert settings["demo-tiny-base"]["base_answers"] == "greedy"
     assert settings["demo-tiny-sft-s0"]["base_answers"].endswith("demo-tiny-base/items/general_kl.jsonl")
-    # a second run reuses everything: no training, no new generations
+    # a second run reuses everything: no training, no new generations, and timing.json keeps the times of the work
+    first_timing = (out / "timing.json").read_bytes()
     again = run_demo(*tiny_overrides(tmp_path))
     assert again.stdout.count("already trained") == 2 and again.stdout.count("already evaluated") == 3
-    assert "resuming from" not in again.stdout
-    timing = json.loads((out / "timing.json").read_text())
-    assert str(timing["train demo-tiny-eaft-s0"]).endswith("(cached)")
+    assert "resuming from" not in again.stdout and "nothing trained or measured" in again.stdout
+    assert (out / "timing.json").read_bytes() == first_timing
+    # and the table shows them, not this invocation's ~0 s
+    took = json.loads(first_timing)["train demo-tiny-eaft-s0"]
+    assert f"| train demo-tiny-eaft-s0 | {took:.0f} |" in (out / "table.md").read_text()
     # the report re-renders from the committed files alone, as its header says
     (out / "table.md").unlink()
-    proc = subprocess.run([sys.executable, "-m", "analysis.demo_report", *tiny_overrides(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| eaft (1 seed) |" in (out / "table.md").read_text()
+    rendered = run_demo(*tiny_overrides(tmp_path), "report_only=true")
+    assert "[train]" not in rendered.stdout and "| eaft (1 seed) |" in (out / "table.md").read_text()
     # a fresh checkout holds the kept logs and metrics but no weights: it retrains, unless told to reuse them
     shutil.rmtree(tmp_path / "runs")
     reused = run_demo(*tiny_overrides(tmp_path), "reuse_kept=true")
     assert reused.stdout.count("trained and evaluated before") == 2 and "[train]" not in reused.stdout
     assert "| eaft (1 seed) |" in (out / "table.md").read_text()
     (tmp_path / "metrics" / "demo-tiny-eaft-s0" / "general_kl.json").unlink()  # one group missing: that run redone
-    proc = subprocess.run([sys.executable, "-m", "analysis.demo_report", *tiny_overrides(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]  # a run in progress: the report of what is evaluated so far
+    run_demo(*tiny_overrides(tmp_path), "report_only=true")  # a run in progress: the report of what is evaluated
     partial = (out / "table.md").read_text()
     assert "Partial: 1 of 2 runs evaluated so far.** Not yet: seed 0: eaft." in partial and "| eaft" not in partial
     partly = run_demo(*tiny_overrides(tmp_path), "reuse_kept=true")
@@ -115,14 +115,14 @@ def test_reduced_limits_follow_the_quick_profile():
 
 @pytest.mark.parametrize("full", [False, True])
 def test_make_demo_passes_overrides_the_demo_config_accepts(full):
-    """What `make demo [FULL=1]` hands to analysis.demo composes into the intended profile (FULL=1 once passed a
+    """What `make demo [FULL=1]` hands to experiments.demo composes into the intended profile (FULL=1 once passed a
     key the config does not have, and failed before doing anything)."""
     from hydra import compose, initialize_config_dir
 
     dry = subprocess.run(["make", "--no-print-directory", "-n", "demo", *(["FULL=1"] if full else [])], cwd=REPO, capture_output=True,
                          text=True, check=True, env={**os.environ, "MAKEFLAGS": ""}).stdout
-    line = next(x for x in dry.splitlines() if "analysis.demo" in x)
-    overrides = line.split("analysis.demo", 1)[1].split()
+    line = next(x for x in dry.splitlines() if "experiments.demo" in x)
+    overrides = line.split("experiments.demo", 1)[1].split()
     with initialize_config_dir(str(REPO / "configs"), version_base=None):
         cfg = compose("demo", overrides)
     assert cfg.demo_profile.name == ("full" if full else "quick")
@@ -176,27 +176,26 @@ def test_a_method_that_failed_to_learn_is_named_under_the_figure_not_drawn():
 def test_runs_paired_over_other_base_answers_are_refused_not_re_evaluated(tmp_path):
     """Runs (demo and study) read the base evaluation's general_kl answers, so a run whose answers differ was
     evaluated before the base was evaluated again: refused with the runs named, the base answers left alone."""
-    from types import SimpleNamespace
-
-    from analysis.demo import base_answers_override, differing_base_answers, refuse_other_base_answers
+    from experiments.runner import Runner
 
     def items(name, answers):
-        d = tmp_path / name / "items"
+        d = tmp_path / "m" / name / "items"
         d.mkdir(parents=True)
         (d / "general_kl.jsonl").write_text("".join(json.dumps({"id": k, "base_answer": v}) + "\n"
                                                     for k, v in answers.items()))
 
-    items("base", {"1": "Paris.", "2": "Four."})
+    items("x-base", {"1": "Paris.", "2": "Four."})
     items("same", {"1": "Paris.", "2": "Four."})
     items("other", {"1": "Paris.", "2": "Four, I think."})
-    cfg = SimpleNamespace(metrics_dir=str(tmp_path))
-    assert differing_base_answers(cfg, "base", ["same", "other", "not-evaluated"]) == ["other"]
-    refuse_other_base_answers(cfg, "base", ["same", "not-evaluated"])
-    before = (tmp_path / "base" / "items" / "general_kl.jsonl").read_text()
-    with pytest.raises(RuntimeError, match=r"\['other'\] were evaluated over other base answers than base's"):
-        refuse_other_base_answers(cfg, "base", ["same", "other"])
-    assert (tmp_path / "base" / "items" / "general_kl.jsonl").read_text() == before
-    assert base_answers_override(cfg, "base").endswith("base/items/general_kl.jsonl")
+    cfg = OmegaConf.create({"metrics_dir": str(tmp_path / "m"), "out_dir": str(tmp_path / "o"),
+                            "runs_dir": str(tmp_path / "r")})
+    runner = Runner(cfg, OmegaConf.create({"name": "t"}), tag="demo", prefix="x")
+    runner.refuse_other_base_answers(["same", "not-evaluated"])
+    before = (tmp_path / "m" / "x-base" / "items" / "general_kl.jsonl").read_text()
+    with pytest.raises(RuntimeError, match=r"\['other'\] were evaluated over other base answers than x-base's"):
+        runner.refuse_other_base_answers(["same", "other"])
+    assert (tmp_path / "m" / "x-base" / "items" / "general_kl.jsonl").read_text() == before
+    assert runner.general_kl_items("x-base").parts[-3:] == ("x-base", "items", "general_kl.jsonl")
 
 
 def test_the_paired_report_refuses_result_files_it_cannot_pair(tmp_path):

@@ -1,13 +1,14 @@
 """The import graph, read with `ast` (nothing is imported): no stage imports a later one, and no module imports
-itself through others. The order: common < data_pipeline < training < evaluation < analysis (slurm/ and tests/
-may import anything). Imports inside functions count (they run too); an `if __name__ == "__main__":` block does
+itself through others. The order: common < data_pipeline < training < evaluation < analysis < experiments (slurm/,
+tools/ and tests/ may import anything): analysis draws from result files, experiments train and evaluate cells
+and call analysis to report them. Imports inside functions count (they run too); an `if __name__ == "__main__":` block does
 not, because there the module runs as `__main__` and a module importing it back loads a second copy, no cycle."""
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["common", "data_pipeline", "training", "evaluation", "analysis"]
+STAGES = ["common", "data_pipeline", "training", "evaluation", "analysis", "experiments"]
 
 
 def module_name(path: Path) -> str:
@@ -97,6 +98,15 @@ def test_the_parser_sees_every_stage_and_the_known_edges():
     assert {m.split(".")[0] for m in g} == set(STAGES)
     assert any(t == "common.files" for t, _ in g["data_pipeline.sources"])
     assert any(t == "training.data" for t, _ in g["evaluation.likelihood"] + g["analysis.audit"])
+    assert any(t == "analysis.demo_report" for t, _ in g["experiments.demo"])
+
+
+def test_analysis_only_draws_from_result_files():
+    """Nothing in analysis/ trains a model or runs an evaluation: those are the experiments stage's."""
+    g = graph()
+    bad = [f"{a} imports {b}" for a, edges in g.items() if a.startswith("analysis")
+           for b, _ in edges if b in ("training.train", "evaluation.evaluate")]
+    assert not bad, bad
 
 
 def test_the_checks_catch_a_later_stage_import_and_a_cycle(tmp_path):

@@ -4,22 +4,25 @@ runs are recognised in a checkout at another path. Fast tier (seconds; the evalu
 """
 
 import json
+import sys
 
 import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from analysis import relocate_results as rr
 from common import files
 from common.files import REPO, repo_path, repo_relative
+
+sys.path.insert(0, str(REPO / "tools"))
+import relocate_results as rr
 
 TINY_DATA = "tests/assets/tiny_chat.jsonl"
 
 
 def test_no_file_under_results_holds_an_absolute_path():
     found = {str(p.relative_to(REPO)): hits[:2] for p in rr.results_files() if (hits := rr.absolute_paths(p))}
-    assert not found, f"rewrite with `python -m analysis.relocate_results --old-root <root>`: {found}"
+    assert not found, f"rewrite with `python tools/relocate_results.py --old-root <root>`: {found}"
     assert len(rr.results_files()) > 100  # the check did look at the committed results
 
 
@@ -148,29 +151,30 @@ def test_evaluation_records_relative_paths_and_its_model_path_evaluates_from_ano
     assert again["model"] == written["model"] and again["value"] == first["value"]
 
 
-def demo_cfg(profile: str):
+def demo_cfg(profile: str, *overrides: str):
     with initialize_config_dir(str(REPO / "configs"), version_base=None):
-        return compose("demo", overrides=[f"demo_profile={profile}"])
+        return compose("demo", overrides=[f"demo_profile={profile}", *overrides])
 
 
 @pytest.mark.parametrize("profile", ["quick", "quick3", "full"])
 def test_committed_demo_runs_are_reused_in_a_checkout_at_another_path(profile):
-    """reuse_kept and the mechanism cache compare what this checkout would write with what another one committed."""
-    from analysis import demo
+    """reuse_kept and the mechanism cache compare what this checkout would write with what another one committed,
+    whatever CPU this is: the precision is the kept runs' (experiments/environment.py), not the machine's."""
+    from experiments import demo
+    from experiments.runner import Runner, same_config
 
-    cfg = demo_cfg(profile)
-    train_file = repo_path(cfg.out_dir) / "data" / "train.jsonl"
-    kept = sorted((repo_path(cfg.out_dir) / "runs").iterdir())
-    assert kept
-    for run_dir in kept:
-        info = json.loads((run_dir / "run_info.json").read_text())
-        if info["method"] == "base":  # the base model's identity (demo.write_base_info): nothing was trained
-            continue
-        bf16 = yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["bf16"]
-        assert info["data_file"] == repo_relative(train_file)
-        assert demo.kept_and_evaluated(cfg, info["method"], info["seed"], train_file, bf16), run_dir.name
+    cfg = demo_cfg(profile, "reuse_kept=true")
+    runner = Runner(cfg, cfg.demo_profile, tag="demo", prefix=f"demo-{profile}")
+    cells = demo.cells(cfg, runner)
+    runner.resolve(cells)
+    assert runner.precision == "bf16"  # as the committed runs were trained, on a CPU with AVX512-BF16
+    for cell in cells:
+        kept = repo_path(cfg.out_dir) / "runs" / cell.name
+        info = json.loads((kept / "run_info.json").read_text())
+        assert info["data_file"] == repo_relative(cell.train_file)
+        assert same_config(kept, runner.train_cfg(cell)) and runner.evaluated(cell.name), cell.name
     mech = json.loads((repo_path(cfg.out_dir) / "mechanism.json").read_text())
-    assert mech["key"] == demo.mechanism_key(cfg, train_file)
+    assert mech["key"] == demo.mechanism_key(cfg, cells[0].train_file)
 
 
 def test_run_info_records_the_training_file_relative(tmp_path):

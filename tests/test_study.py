@@ -1,4 +1,4 @@
-"""The conflict study (analysis/study.py, analysis/study_data.py): data construction, probe facts, decision
+"""The conflict study (experiments/study.py, experiments/study_data.py): data construction, probe facts, decision
 rules, and the tiny profile end to end."""
 
 import itertools
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis import study_data as sd
 from analysis.study_report import MEASURES, contrast, overall_verdict, verdict
 from common.files import sha256_file
+from experiments import study_data as sd
 
 REPO = Path(__file__).resolve().parents[1]
-FACTS = REPO / "analysis" / "study_facts.jsonl"
+FACTS = REPO / "assets" / "study_facts.jsonl"
 
 
 def test_calculator_tags_are_removed_and_nothing_else():
@@ -228,14 +228,15 @@ def compose(*overrides):
     ("study_profile.cells=[{methods:[sft,nope],lr:1e-4,seeds:[0]}]", "configs/method/nope.yaml"),
 ])
 def test_a_bad_config_is_refused_before_any_model_loads(override, message):
-    from analysis.study import check_config
+    from experiments.study import check_config
 
     with pytest.raises(ValueError, match=message):
         check_config(compose("model=tiny", "data=tiny", "study_profile=tiny", override))
 
 
 def test_the_full_profile_holds_the_preregistered_cells():
-    from analysis.study import arm_names, cells
+    from experiments.study import cells
+    from experiments.study_setup import arm_names
 
     cfg = compose("study_profile=full")
     got = cells(cfg)
@@ -246,29 +247,39 @@ def test_the_full_profile_holds_the_preregistered_cells():
     assert arm_names(quick)[-1] == arm_names(cfg)[-1] and {c["method"] for c in cells(quick)} == {"sft", "eaft"}
 
 
-def test_substituted_logprobs_reads_the_right_positions():
-    from analysis.study import substituted_logprobs
+def test_marked_token_nll_reads_the_right_positions():
+    """evaluation's injected_learned measure: the NLL of the tokens at the listed positions, each predicted by the
+    logits one position earlier, batched with right padding as for any other row."""
     from common.models import load_model, load_tokenizer
+    from evaluation.likelihood import marked_nll
     from training.data import tokenize_chat
 
     mcfg = compose("model=tiny").model
     torch.manual_seed(0)
     tok = load_tokenizer(mcfg)
     model = load_model(mcfg, tok).eval()
-    row = {"messages": [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5, so 5."}]}
-    ids = tokenize_chat(tok, row["messages"])[0]
-    pos = [len(ids) - 4, len(ids) - 3]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
-    want = float(logp[pos[0] - 1, ids[pos[0]]] + logp[pos[1] - 1, ids[pos[1]]])
-    assert substituted_logprobs(model, tok, [row], [pos]) == [pytest.approx(want, abs=1e-5)]
+    rows = [{"messages": [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5, so 5."}]},
+            {"messages": [{"role": "user", "content": "A longer question, 12 + 30?"},
+                          {"role": "assistant", "content": "It is 42, I am sure."}]}]
+    want, positions = [], []
+    for row in rows:
+        ids = tokenize_chat(tok, row["messages"])[0]
+        pos = [len(ids) - 4, len(ids) - 3]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+        want.append(-float(logp[pos[0] - 1, ids[pos[0]]] + logp[pos[1] - 1, ids[pos[1]]]))
+        positions.append(pos)
+    got = marked_nll(model, tok, rows, positions, batch_size=2, progress=False)
+    assert got == [pytest.approx(w, abs=1e-5) for w in want]
+    with pytest.raises(ValueError, match="outside"):
+        marked_nll(model, tok, rows[:1], [[0]], progress=False)
 
 
 def run_study(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={tmp / 'report'}", f"runs_dir={tmp / 'runs'}",
             f"work_dir={tmp / 'work'}", f"metrics_dir={tmp / 'metrics'}", *extra]
-    proc = subprocess.run([sys.executable, "-m", "analysis.study", *args], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "experiments.study", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -372,7 +383,7 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
         "total (this invocation)"]
     after = snapshot(tmp_path / "metrics")
     results = [k for k in before if k.startswith(retrained + "/") and k.endswith(".json")]
-    assert len(results) >= 4 and all(after[k] != before[k] for k in results), results
+    assert len(results) >= 3 and all(after[k] != before[k] for k in results), results  # no injected row: 3
     others = [k for k in before if not k.startswith(retrained + "/") and "_cache" not in k]
     assert all(after[k] == before[k] for k in others)
 
@@ -396,11 +407,8 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     assert json.loads(info.read_text())["data_sha256"] != "0" * 64
 
     (out / "table.md").unlink()  # the report re-renders from the metrics alone
-    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={out}", f"metrics_dir={tmp_path / 'metrics'}",
-            f"work_dir={tmp_path / 'work'}"]
-    proc = subprocess.run([sys.executable, "-m", "analysis.study_report", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    rendered = run_study(tmp_path, "report_only=true")
+    assert "[train]" not in rendered.stdout
     assert "| injected_d1 | masked_sft_pilot |" in (out / "table.md").read_text()
 
 
@@ -413,8 +421,8 @@ def test_the_study_keeps_its_metrics_out_of_results_metrics():
 
 
 def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_path, monkeypatch):
-    from analysis import study
-    from analysis.study import main
+    from experiments import study_setup
+    from experiments.study import main
 
     cfg = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
                   f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}")
@@ -426,8 +434,8 @@ def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_pa
     again = compose("model=tiny", "data=tiny", "study_profile=tiny", "pilot_only=true", f"out_dir={tmp_path / 'r'}",
                     f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'w'}", "study_profile.pilot_doses=[1.0,0.25]")
     measured = []
-    share = study.conflict_share
-    monkeypatch.setattr(study, "conflict_share", lambda *a: measured.append(1) or share(*a))
+    share = study_setup.conflict_share
+    monkeypatch.setattr(study_setup, "conflict_share", lambda *a: measured.append(1) or share(*a))
     after = main(again)["arms"]
     assert {k: after[k] for k in pilot["arms"]} == pilot["arms"] and list(after)[-1] == "injected_d0.25"
     assert len(measured) == 1  # only the new dose: a resumed pilot measures nothing twice

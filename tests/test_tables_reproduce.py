@@ -1,5 +1,5 @@
-"""On a fresh clone, `make tables figures` and `python -m analysis.demo_report` reproduce the committed
-results/tables, results/figures and results/demo files byte for byte (PNG and PDF included: analysis.plotting
+"""On a fresh clone, `make tables figures` and the demo's and study's reports (report_only=true) reproduce the
+committed results/tables, results/figures, results/demo and results/study files byte for byte (PNG and PDF included: analysis.plotting
 writes them without dates or version strings). Each command runs on a copy of the repository's results/ in a
 temporary folder, so the test writes nothing into the checkout."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from analysis import demo_report, figures, tables
+from analysis import figures, tables
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -56,8 +56,24 @@ def test_make_figures_reproduces_the_committed_figures(copy):
 
 
 @pytest.mark.parametrize("profile, sub", [("quick", "demo"), ("quick3", "demo/quick3"), ("full", "demo/full")])
-def test_demo_report_reproduces_the_committed_demo_files(copy, profile, sub):
-    cfg = compose_cfg("demo", [f"demo_profile={profile}", f"metrics_dir={copy / 'metrics'}", f"out_dir={copy / sub}"])
-    demo_report.main(cfg)
-    for name in ("table.md", "paired_differences.csv", "mechanism.json", "timing.json", "gain_vs_drift.png"):
+def test_the_demo_report_reproduces_the_committed_demo_files(copy, profile, sub):
+    """`report_only=true` renders the committed metrics alone (no model, no data): every file as committed."""
+    from experiments import demo
+
+    cfg = compose_cfg("demo", [f"demo_profile={profile}", f"metrics_dir={copy / 'metrics'}", f"out_dir={copy / sub}",
+                               "report_only=true"])
+    demo.main(cfg)
+    for name in ("table.md", "summary.json", "paired_differences.csv", "mechanism.json", "timing.json",
+                 "gain_vs_drift.png"):
+        assert (copy / sub / name).read_bytes() == (RESULTS / sub / name).read_bytes(), f"results/{sub}/{name}"
+
+
+@pytest.mark.parametrize("profile, sub", [("quick", "study/quick"), ("full", "study")])
+def test_the_study_report_reproduces_the_committed_study_files(copy, profile, sub):
+    from experiments import study
+
+    cfg = compose_cfg("study", [f"study_profile={profile}", f"metrics_dir={copy / 'study' / 'metrics'}",
+                                f"out_dir={copy / sub}", "report_only=true"])
+    study.main(cfg)
+    for name in ("table.md", "summary.json", "timing.json", "dose_response.png", "pareto.png", "open_questions.png"):
         assert (copy / sub / name).read_bytes() == (RESULTS / sub / name).read_bytes(), f"results/{sub}/{name}"

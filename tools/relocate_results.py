@@ -1,7 +1,9 @@
 """Rewrite the absolute paths that files under results/ record as repository-relative ones, and check for any left.
 
-    python -m analysis.relocate_results --old-root /work/main    # the checkout the files were written in
-    python -m analysis.relocate_results --check                  # only list the files that hold an absolute path
+    python tools/relocate_results.py --old-root /work/main    # the checkout the files were written in
+    python tools/relocate_results.py --check                  # only list the files that hold an absolute path
+
+A maintenance tool (tools/), not a stage of the pipeline.
 
 The writers record paths relative to the repository root (common.files.repo_relative); files written
 before they did held the absolute paths of the machine that made them. A path under an --old-root (default: this
@@ -21,6 +23,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
 
 from common.files import REPO, atomic_path, atomic_write_text
 
