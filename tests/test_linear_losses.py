@@ -8,6 +8,7 @@ logits); training with fused_loss on and off.
     python -m pytest tests/test_linear_losses.py -m distributed (DeepSpeed ZeRO-3 on the CPU, 2 processes)
 """
 
+import importlib.util
 import inspect
 import json
 import os
@@ -409,7 +410,9 @@ def test_cli_fused_true_with_sft_kl_is_a_clear_error(tmp_path):
 def test_deepspeed_zero3_fused_matches_unfused(tmp_path):
     """Two CPU ranks under torchrun, ZeRO-3 (the head weight, tied to the embedding, is partitioned): fused and
     unfused EAFT give the same losses and gradient norms."""
-    pytest.importorskip("deepspeed")
+    from conftest import need
+
+    need("distributed", importlib.util.find_spec("deepspeed") is not None, "deepspeed is not installed (make setup)")
     data = tmp_path / "train.jsonl"
     shutil.copy(REPO / "tests/assets/tiny_chat.jsonl", data)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}

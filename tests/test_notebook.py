@@ -1,18 +1,21 @@
 """analysis/paper_figures.ipynb runs top to bottom on the committed result files (nbclient, a python3 kernel);
 the executed copy stays in memory, so the committed notebook keeps no outputs."""
 
+import importlib.util
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "analysis/paper_figures.ipynb"
 
 
 def test_notebook_runs_top_to_bottom_on_committed_files():
-    nbformat = pytest.importorskip("nbformat", reason="the dev extra's nbformat is not installed (make setup)")
-    nbclient = pytest.importorskip("nbclient", reason="the dev extra's nbclient is not installed (make setup)")
-    pytest.importorskip("ipykernel", reason="the dev extra's ipykernel is not installed (make setup)")
+    from conftest import need
+
+    missing = [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
+    need("dev", not missing, f"the dev extra's {missing} not installed (make setup installs it)")
+    import nbclient
+    import nbformat
+
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO / "analysis")}}).execute()
