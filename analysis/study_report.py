@@ -183,6 +183,38 @@ def prediction_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_ar
     return out
 
 
+def two_way_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_arm: str | None) -> list[dict]:
+    """The same predictions re-decided with the two-way SE over seeds and shared items at t(df)
+    (analysis/estimators.py): a deviation from the preregistered SE, added after the study (results/LOG.md,
+    2026-12-07) because that SE held no seed noise and counted the seeds' shared items as independent."""
+    from analysis.estimators import decide
+    from analysis.study_contrasts import contrast_two_way
+
+    def run(arm, method, seed):
+        return next((r for r, c in runs.items() if (c["arm"], c["method"], c["lr"], c["seed"]) ==
+                     (arm, method, main_lr, seed)), None)
+
+    seeds = sorted({c["seed"] for c in runs.values()})
+    out = []
+    for pid, _, kind, m, ref, bench, sign in PREDICTIONS:
+        per_seed = {}
+        for s in seeds:
+            if kind == "dose":
+                keys = [(hi_arm, m, +1.0), (LOW_ARM, m, -1.0)] + ([(hi_arm, ref, -1.0), (LOW_ARM, ref, +1.0)]
+                                                                   if ref else [])
+            else:
+                keys = [("on_policy" if kind == "on_policy" else hi_arm, m, +1.0),
+                        ("on_policy" if kind == "on_policy" else hi_arm, ref, -1.0)]
+            terms = {run(a, mm, s): c for a, mm, c in keys}
+            if None not in terms and hi_arm is not None:
+                per_seed[s] = terms
+        est = contrast_two_way(loaded, per_seed, bench, bench == PROBE, negate=bench in (PROBE, INJECTED)) \
+            if per_seed else None
+        out.append({"id": pid, "value": est and est["value"], "se": est and est["se"], "df": est and est["df"],
+                    "seeds": est["seeds"] if est else 0, "verdict": decide(est, sign, EQUIVALENCE_MARGIN)})
+    return out
+
+
 def within_margin_note(p: dict) -> str | None:
     """An equivalence prediction refuted by a difference beyond 2 SE that still lies inside the margin."""
     if p["sign"] != 0 or p["verdict"] != "refuted" or abs(p["value"]) + Z * p["se"] >= EQUIVALENCE_MARGIN:
@@ -353,6 +385,10 @@ def fmt(v, se=None, d=3) -> str:
     return f"{v:+.{d}f}" + (f" ± {se:.{d}f}" if se is not None else "")
 
 
+def fmt_df(df: float | None) -> str:
+    return "–" if df is None else f"{df:.1f}"
+
+
 def fmt_se(se: float | None, d=3) -> str:
     return "–" if se is None else f"{se:.{d}f}"
 
@@ -378,11 +414,15 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     overall_wider = (overall_verdict([{"id": i, "verdict": by_id[i]["verdict_wider_se"]} for i in ("P1", "P2")])
                      if all(by_id.get(i, {}).get("verdict_wider_se") for i in ("P1", "P2")) else None)
     vs_sft = versus_sft(loaded, runs, main_lr, [a["name"] for a in arms])
+    redecided = two_way_values(loaded, runs, main_lr, hi)
+    by_two_way = {p["id"]: p["verdict"] for p in redecided}
     summary = {"profile": profile, "command": command, "model": model,
                "verdict": overall, "verdict_rule": VERDICT_RULE, "verdict_wider_se": overall_wider,
                "main_lr": main_lr, "highest_injected_arm": hi,
                "arms": [{k: a[k] for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")} for a in arms],
                "cells": cells, "predictions": preds, "versus_sft": vs_sft, "open_questions": oq,
+               "predictions_two_way": redecided,
+               "verdict_two_way": overall_verdict([{"id": i, "verdict": by_two_way[i]} for i in ("P1", "P2")]),
                "environment": environment, "headlines": headlines(preds, vs_sft)}
     atomic_write_json(out / "summary.json", summary)
     lines = [f"# Conflict study ({profile}) on {model}", "",
@@ -414,6 +454,15 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
               f"{p['verdict_wider_se'] or ('– (one seed)' if p['seeds'] == 1 else '–')} |" for p in preds]
     notes = [n for n in map(within_margin_note, preds) if n]
     lines += ["", *notes] if notes else []
+    lines += ["", "### The same predictions with the two-way SE (a deviation, not the preregistered verdict)", "",
+              ("Added on 2026-12-07 (results/LOG.md): the preregistered SE holds no training noise and counts the "
+               "items every seed scored as if each seed had drawn its own. The two-way estimator "
+               "(analysis/estimators.py) takes both into account; a prediction is decided at the two-sided 5% "
+               "level of Student's t at its degrees of freedom. The preregistered verdict above stands; this is "
+               f"what the same rule gives with it: **{summary['verdict_two_way']}**."),
+              "", "| id | value ± two-way SE | df | seeds | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {p['id']} | {fmt(p['value'], p['se'])} | {fmt_df(p['df'])} | {p['seeds']} | **{p['verdict']}** |"
+              for p in redecided]
     share = {a["name"]: a["measured_conflict_share"] for a in arms}
     lines += ["", f"## Each method minus SFT on the same arm (lr {main_lr:g}; descriptive, not preregistered)", "",
               ("Paired over items per seed, averaged over the seeds both ran; ± the wider of the item SE and the SE "

@@ -125,7 +125,7 @@ def answer_positions(tokenizer, messages: list[dict], answer: str) -> list[int]:
     tokens from the first one that overlaps the answer's characters to the last. The tokens before it (a lead-in)
     are context. Raises when the turn does not contain the answer."""
     turn = messages[-1]["content"]
-    at = turn.rfind(answer)
+    at = turn.lower().rfind(answer.lower())  # "paris" answers "Paris"
     if at < 0:
         raise ValueError(f"the assistant turn {turn!r} does not contain its answer {answer!r}")
     ids, labels, _ = tokenize_chat(tokenizer, messages)

@@ -5,6 +5,7 @@ gate remove that effect? SmolLM2-135M on the CPU, offline. Design and prediction
     make study                                                # every preregistered cell (hours; resumable)
     make study ARGS=reuse_kept=true                           # re-render / continue from the committed cells
     python -m experiments.study study_profile=full pilot_only=true   # the data-only dose pilot, no training
+    python -m experiments.study study_profile=v2 setup_only=true     # the arms, their shares and the probe only
     python -m experiments.study model=tiny data=tiny study_profile=tiny   # seconds (tests/test_study.py)
 
 A declaration on the experiment runner (experiments/runner.py). Stages, each cached on disk, so a killed run
@@ -35,10 +36,12 @@ def check_config(cfg) -> None:
     """Every mistake a long run would find late, found now; the message names the key."""
     p = cfg.study_profile
     where = f"configs/study_profile/{p.name}.yaml"
-    known = {"on_policy", "natural_notags", "natural"}
+    known = {"on_policy", "natural_notags", "natural", "control"}
     bad = [a for a in p.arms if a not in known]
     if bad:
         raise ValueError(f"{where}: arms {bad} unknown; known: {sorted(known)} (injected arms come from `doses`)")
+    if "control" in p.arms and not p.doses:
+        raise ValueError(f"{where}: the control arm matches the highest dose's substitution count; give `doses`")
     if any(not 0 < float(d) <= 1 for d in p.doses) or len(set(p.doses)) != len(p.doses):
         raise ValueError(f"{where}: doses must be distinct numbers in (0, 1], got {list(p.doses)}")
     if not p.arms and not p.doses:
@@ -105,15 +108,24 @@ def main(cfg) -> dict:
         with runner.stage("open questions: gate and top-K vs temperature"):
             open_q = ss.open_questions(cfg, base, paths.get("natural") or next(iter(paths.values())))
         injected = ss.injected_heldout(cfg, base)
+        if cfg.setup_only:  # the data-only stages (arms, their shares, probe, open questions): no training
+            print(f"[study] setup_only=true: arms, shares and probe are in {repo_relative(runner.out)}", flush=True)
+            runner.timer.save()
+            return {"arms": arms, "probe": str(probe_file), "injected_heldout": str(injected)}
         if not injected.read_text().strip():  # the tiny random model is confident nowhere: nothing was substituted
             print(f"[study] {repo_relative(injected)} holds no row: injected_learned is not measured", flush=True)
             runner.skip.add("injected_learned")
         runner.bench_settings = {"target_nll": {"local.data_files": [p.heldout_file]},
                                  "knowledge_nll": {"local.data_files": [str(probe_file)]},
                                  "injected_learned": {"local.data_files": [repo_relative(injected)]}}
+        if p.probe.get("scoring", "turn") == "answer":  # the answer's tokens only, its lead-in as context
+            runner.bench_settings["knowledge_nll"]["measure"] = "answer_nll"
         runner.evaluate_base()
     done = runner.run(todo)
-    from analysis.study_report import report
+    if p.get("report", "v1") == "v2":
+        from analysis.study_report_v2 import report
+    else:
+        from analysis.study_report import report
 
     keep = [repo_relative(runner.out)]
     return runner.finish(done, lambda env, timings: report(

@@ -9,6 +9,8 @@ Arms (every arm has the same rows, in the same order, and about the same number 
     natural_notags   the reference solution with GSM8K's calculator annotations `<<48/2=24>>` removed
     natural          the reference solution as the demo trains on it
     injected_d<dose> natural_notags with confident-token substitution at rate `dose` (below)
+    control          natural_notags with as many substitutions per row as the highest injected arm, at positions
+                     where the model is unsure (control_positions): as much corrupted text, few confident conflicts
 
 Confident-token substitution. One teacher-forced pass of the base model over each natural_notags response gives,
 at every response token y_t, the full-vocabulary entropy H_t and the model's two most likely tokens. A position
@@ -92,15 +94,62 @@ def uniforms(seed: int, index: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, index]).random(n)
 
 
+CONTROL_MIN_ENTROPY = 1.0   # nats: a control position is one where the model is unsure (PREREGISTRATION-v2.md)
+CONTROL_MAX_PROB = 0.05     # the control's replacement: the most likely token below this probability
+
+
+@torch.no_grad()
+def control_positions(logits: torch.Tensor, targets: torch.Tensor, banned: set[int] = frozenset(),
+                      min_entropy: float = CONTROL_MIN_ENTROPY, max_prob: float = CONTROL_MAX_PROB,
+                      search: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (N, V) predicting targets (N,) -> (eligible (N,) bool, alternative ids (N,)) for the control arm.
+
+    Eligible: full entropy >= min_entropy and the target is the top-1 token (as the injected arms', but where the
+    model is NOT confident), and among the `search` most likely tokens there is an ordinary one (not in `banned`)
+    with probability below max_prob; the alternative is the most likely such token. Replacing it puts a
+    low-probability token at a high-entropy position: corrupted text, but not a confident conflict."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    top = logp.topk(min(search, logp.shape[-1]), dim=-1)  # (N, search), descending
+    low = top.values.exp() < max_prob
+    if banned:
+        low &= ~torch.isin(top.indices, torch.tensor(sorted(banned), device=top.indices.device))
+    low[:, 0] = False
+    has = low.any(-1)
+    first = low.float().argmax(-1)  # the first (most likely) qualifying rank
+    alt = top.indices.gather(-1, first[:, None]).squeeze(-1)
+    ok = (full_entropy(logp) >= min_entropy) & (top.indices[:, 0] == targets) & has
+    return ok, alt
+
+
 @dataclass
 class Plan:
     """One row's substitution plan from the single teacher-forced pass: its answer's token ids, and per token
-    whether it is eligible, the rank-2 alternative and the uniform draw."""
+    whether it is eligible, the rank-2 alternative and the uniform draw; and the control arm's eligibility and
+    alternative at every token (control_positions)."""
 
     content_ids: list[int]
     eligible: list[bool]
     alternative: list[int]
     u: list[float]
+    control_eligible: list[bool] | None = None
+    control_alternative: list[int] | None = None
+
+    def control_substituted(self, count: int, min_gap: int = 0) -> list[bool]:
+        """`count` control positions (fewer when the row has fewer): control-eligible tokens in the order of their
+        uniform draws, each at least `min_gap` tokens from every one taken before."""
+        out = [False] * len(self.content_ids)
+        taken: list[int] = []
+        for i in sorted(range(len(out)), key=lambda k: self.u[k]):
+            if len(taken) == count:
+                break
+            if self.control_eligible[i] and all(abs(i - j) > min_gap for j in taken):
+                out[i] = True
+                taken.append(i)
+        return out
+
+    def control_ids(self, count: int, min_gap: int = 0) -> list[int]:
+        sub = self.control_substituted(count, min_gap)
+        return [a if s else t for t, a, s in zip(self.content_ids, self.control_alternative, sub)]
 
     def substituted(self, dose: float, min_gap: int = 0) -> list[bool]:
         """Which tokens are replaced: eligible, u < dose, and at least `min_gap` unreplaced tokens after the
@@ -138,8 +187,9 @@ def substitution_plans(model, tokenizer, rows: list[dict], seed: int, batch_size
             pred = logits[b, start - 1: end - 1]  # (n, V): position t - 1 predicts token t
             target = torch.tensor(ids[start:end], device=pred.device)
             ok, alt = eligible_positions(pred, target, banned)
-            plans.append(Plan(ids[start:end], ok.tolist(), alt.tolist(),
-                              uniforms(seed, s + b, end - start).tolist()))
+            c_ok, c_alt = control_positions(pred, target, banned)
+            plans.append(Plan(ids[start:end], ok.tolist(), alt.tolist(), uniforms(seed, s + b, end - start).tolist(),
+                              c_ok.tolist(), c_alt.tolist()))
     return plans
 
 
@@ -155,6 +205,24 @@ def injected_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
         counts["eligible"] += sum(plan.eligible)
         counts["substituted"] += sum(sub)
         text = tokenizer.decode(plan.ids(dose, min_gap), clean_up_tokenization_spaces=False) if any(sub) else response(row)
+        out.append(with_response(row, text))
+    return out, counts
+
+
+def control_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
+                 min_gap: int = 0) -> tuple[list[dict], dict]:
+    """The control arm: in every row, as many substitutions as the injected arm at `dose` makes in it, at control
+    positions (control_positions); counts of substitutions wanted, made, and control-eligible tokens."""
+    out, counts = [], {"tokens": 0, "control_eligible": 0, "wanted": 0, "substituted": 0}
+    for row, plan in zip(rows, plans, strict=True):
+        want = sum(plan.substituted(dose, min_gap))
+        sub = plan.control_substituted(want, min_gap)
+        counts["tokens"] += len(plan.content_ids)
+        counts["control_eligible"] += sum(plan.control_eligible)
+        counts["wanted"] += want
+        counts["substituted"] += sum(sub)
+        text = (tokenizer.decode(plan.control_ids(want, min_gap), clean_up_tokenization_spaces=False) if any(sub)
+                else response(row))
         out.append(with_response(row, text))
     return out, counts
 
@@ -184,6 +252,44 @@ def on_policy_rows(model, tokenizer, rows: list[dict], budgets: list[int], batch
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         texts.append(text if len(ids) <= n else tokenizer.decode(ids[:n], clean_up_tokenization_spaces=False))
     return [with_response(r, t) for r, t in zip(rows, texts)]
+
+
+def complete_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, retries: int = 0,
+                     temperature: float = 1.0, batch_size: int = 8, progress: bool = True,
+                     keep_unended: bool = False) -> tuple[list[dict], dict]:
+    """The base model's complete answer to each row's prompt: greedy, to its own end of turn within
+    `max_new_tokens`. A row whose greedy answer does not end within the budget (it loops, or runs on) is sampled
+    again at `temperature`, with seeds 1..retries, and takes the first sample that ends; a row none of them ends is
+    left out (kept as its greedy text with keep_unended, for the tiny random model of the tests, which never ends).
+    Returns (rows, counts: greedy ends, ended by sampling, left out, tokens per answer)."""
+    from common.generation import generate
+
+    def ended(text: str) -> bool:  # generation stops at the end-of-turn token; one that ran out of budget did not
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_new_tokens
+
+    prompts = [r["messages"][:-1] for r in rows]
+    answers = [o[0] for o in generate((model, tokenizer), prompts, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, progress=progress)]
+    done = [a if ended(a) else None for a in answers]
+    greedy = sum(a is not None for a in done)
+    for seed in range(1, retries + 1):
+        todo = [i for i, a in enumerate(done) if a is None]
+        if not todo:
+            break
+        outs = generate((model, tokenizer), [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
+                        temperature=temperature, seed=seed, batch_size=batch_size, progress=progress)
+        for i, (text,) in zip(todo, outs):
+            done[i] = text if ended(text) else None
+    if keep_unended:
+        done = [a if a is not None else g for a, g in zip(done, answers)]
+    kept = [with_response(r, a) for r, a in zip(rows, done) if a is not None]
+    if not kept:
+        raise ValueError(f"on_policy: none of {len(rows)} answers ended within {max_new_tokens} tokens "
+                         f"(greedy, then {retries} samples); raise study_profile.on_policy.max_new_tokens or retries")
+    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in done if a is not None]
+    return kept, {"rows": len(rows), "greedy_ended": greedy, "sampled_ended": len(kept) - greedy,
+                  "left_out": [r.get("id") for r, a in zip(rows, done) if a is None],
+                  "answer_tokens": {"mean": sum(lengths) / max(1, len(lengths)), "max": max(lengths, default=0)}}
 
 
 def dose_arm(dose: float) -> str:

@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from common.files import (
     atomic_write_json,
     atomic_write_jsonl,
@@ -76,17 +78,29 @@ def prompt_rows(cfg) -> list[dict]:
 
 
 def on_policy(cfg, base: Base, rows: list[dict]) -> list[dict]:
-    """The base model's answers, cached under a key of the model and the rows' content (so of the data file and
-    n_examples): generated once, reused by every profile and sitting. Greedy, so the same on a rebuild up to
-    decoding differences across CPUs (write_arms)."""
+    """The base model's answers, cached under a key of the model, the rows' content (so of the data file and
+    n_examples) and the generation settings: generated once, reused by every sitting. v1 (no `on_policy` in the
+    profile): greedy, cut at each row's reference length. `on_policy: {mode: complete, ...}`: complete answers to
+    the model's own end of turn (study_data.complete_answers), with what it took recorded in
+    <out_dir>/on_policy.json (committed)."""
     from common.files import sha256_json
 
-    key = sha256_json([cfg.model.get("name_or_path"), cfg.model.name, rows])[:16]
+    settings = OmegaConf.to_container(cfg.study_profile.on_policy) if cfg.study_profile.get("on_policy") else None
+    key = sha256_json([cfg.model.get("name_or_path"), cfg.model.name, rows, *([settings] if settings else [])])[:16]
     cache = repo_path(cfg.runs_dir) / "_study" / "cache" / f"on_policy-{cfg.model.name}-{key}.jsonl"
     if cache.exists():
         return [json.loads(x) for x in cache.read_text().splitlines()]
     model, tok = base()
-    out = sd.on_policy_rows(model, tok, rows, sd.reference_lengths(tok, rows), batch_size=32)
+    if settings is None:
+        out = sd.on_policy_rows(model, tok, rows, sd.reference_lengths(tok, rows), batch_size=32)
+    elif settings.get("mode") == "complete":
+        out, counts = sd.complete_answers(model, tok, rows, int(settings["max_new_tokens"]),
+                                          int(settings.get("retries", 0)), float(settings.get("temperature", 1.0)),
+                                          batch_size=int(settings.get("batch_size", 8)),
+                                          keep_unended=bool(settings.get("keep_unended", False)))
+        atomic_write_json(repo_path(cfg.out_dir) / "on_policy.json", {"settings": settings, **counts})
+    else:
+        raise ValueError(f"study_profile.on_policy.mode must be `complete` (or no on_policy key), got {settings}")
     atomic_write_jsonl(cache, out)
     return out
 
@@ -102,6 +116,8 @@ def arm_rows(cfg, base: Base, rows: list[dict], plans=None) -> dict[str, list[di
         plans = plans or sd.substitution_plans(model, tok, notags, cfg.seed)
         for d in cfg.study_profile.doses:
             out[sd.dose_arm(float(d))] = sd.injected_rows(notags, plans, tok, float(d), p.min_gap)[0]
+        if "control" in p.arms:  # as many substitutions per row as the highest dose, at unsure positions
+            out["control"] = sd.control_rows(notags, plans, tok, max(float(d) for d in p.doses), p.min_gap)[0]
     return {a: out[a] for a in arm_names(cfg)}
 
 
@@ -109,9 +125,14 @@ def arms_key(cfg) -> dict:
     """What the arm files depend on: a cached arm made with another model, data, row count, seed, gap or dose is
     rebuilt, never reused."""
     p = cfg.study_profile
-    return {"model": cfg.model.name, "name_or_path": cfg.model.get("name_or_path"),
-            "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": int(p.n_examples),
-            "seed": int(cfg.seed), "min_gap": int(p.min_gap), "doses": [float(d) for d in p.doses]}
+    key = {"model": cfg.model.name, "name_or_path": cfg.model.get("name_or_path"),
+           "data_sha256": sha256_file(repo_path(cfg.data.train_file)), "n_examples": int(p.n_examples),
+           "seed": int(cfg.seed), "min_gap": int(p.min_gap), "doses": [float(d) for d in p.doses]}
+    if p.get("on_policy"):  # how the on_policy arm is generated, when the profile says (v1 did not: budgets were
+        key["on_policy"] = OmegaConf.to_container(p.on_policy)  # the reference lengths)
+    if "control" in p.arms:
+        key["control"] = {"min_entropy": sd.CONTROL_MIN_ENTROPY, "max_prob": sd.CONTROL_MAX_PROB}
+    return key
 
 
 def write_arms(cfg, base: Base) -> dict[str, Path]:
@@ -208,19 +229,32 @@ def pilot(cfg, base: Base) -> dict:
 
 # ---- 3. knowledge probe -------------------------------------------------------------------------------------
 
-def answer_nll(model, tok, chats: list[dict]) -> dict[str, float]:
-    """{row id: NLL (nats) of its answer turn}; a row whose answer has no supervised token is absent."""
-    from evaluation.likelihood import response_nll
+def answer_nll(model, tok, chats: list[dict], answer_only: bool = False) -> dict[str, float]:
+    """{row id: NLL (nats) of its answer turn}, or with answer_only of the tokens of its `answer` inside that turn
+    (the lead-in before it read as context); a row whose answer has no supervised token is absent."""
+    from evaluation.likelihood import answer_positions, marked_nll, response_nll
 
     if not chats:
         return {}
+    if answer_only:
+        pos = [answer_positions(tok, c["messages"], c["answer"]) for c in chats]
+        return {c["id"]: s for c, s in zip(chats, marked_nll(model, tok, chats, pos, batch_size=8, progress=False))}
     r = response_nll(model, tok, chats, batch_size=8, progress=False)
     return {chats[i]["id"]: s for i, (s, _) in zip(r["kept"], r["per_example"])}
 
 
+def probe_row(fact: dict, turn: str, answer_only: bool) -> dict:
+    """A probe item: the fact's question and `turn` (the base model's own answer); with answer_only the row names
+    the fact's answer, which the knowledge_nll benchmark then scores alone (measure answer_nll)."""
+    row = sd.fact_chat(fact, turn)
+    return {**row, "answer": fact["answer"]} if answer_only else row
+
+
 def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     """<work_dir>/probe.jsonl: facts the base model knows confidently, each with the base model's own greedy answer
-    turn (retention = the change in its log-probability), none stated by any training arm or the held-out target.
+    turn (retention = the change in its log-probability: of the whole turn, or with probe.scoring: answer of the
+    answer's tokens given the question and the turn's own lead-in), none stated by any training arm or the held-out
+    target.
     Selected once per model, facts file and probe settings, and recorded in <out_dir>/probe.json (committed) with
     the answer texts: probe.jsonl is rebuilt from that record, so a fresh checkout or another machine evaluates
     exactly the committed items. Checked against every arm on each invocation."""
@@ -232,21 +266,26 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     info = repo_path(cfg.out_dir) / "probe.json"
     facts = sd.read_facts(repo_path(cfg.facts_file))
     by_id = {f["id"]: f for f in facts}
+    pc = cfg.study_profile.probe
+    answer_only = pc.get("scoring", "turn") == "answer"
     key = {"model": cfg.model.name, "facts_sha256": sha256_file(repo_path(cfg.facts_file)),
-           "probe": dict(cfg.study_profile.probe), "answer_turn": "base_greedy"}
+           "probe": dict(pc), "answer_turn": "base_greedy"}
     recorded = json.loads(info.read_text()) if info.exists() else {}
     if recorded.get("key") != key or "kept" not in recorded:
         from common.generation import generate
 
-        pc = cfg.study_profile.probe
         kept, dropped = sd.disjoint_facts(facts, texts)
         kept = kept[: pc.limit] if pc.get("limit") else kept
         model, tok = base()
         gens = generate((model, tok), [f["prompt"] for f in kept], max_new_tokens=pc.max_new_tokens)
         # the tiny random model knows nothing: its profile keeps every candidate (require_correct: false)
-        right = [sd.fact_chat(f, g) for f, (g,) in zip(kept, gens)
+        right = [probe_row(f, g, answer_only) for f, (g,) in zip(kept, gens)
                  if sd.answer_matches(g, f["answer"]) or not pc.require_correct]
-        nll = answer_nll(model, tok, right)
+        if answer_only and not pc.require_correct:  # a random model's turn rarely holds the answer: append it
+            right = [r if r["answer"].lower() in r["messages"][-1]["content"].lower()
+                     else probe_row(by_id[r["id"]], f"{r['messages'][-1]['content']} {r['answer']}", True)
+                     for r in right]
+        nll = answer_nll(model, tok, right, answer_only)
         known = [c for c in right if c["id"] in nll and math.exp(-nll[c["id"]]) >= pc.min_prob]
         recorded = {"key": key, "candidates": len(facts), "stated_in_training_or_heldout": len(dropped),
                     "answered_correctly": len(right), "n_kept": len(known),
@@ -255,7 +294,7 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
     missing = [k["id"] for k in recorded["kept"] if k["id"] not in by_id]
     if missing:
         raise ValueError(f"{info}: kept facts {missing} are not in {cfg.facts_file}")
-    rows = [sd.fact_chat(by_id[k["id"]], k["answer"]) for k in recorded["kept"]]
+    rows = [probe_row(by_id[k["id"]], k["answer"], answer_only) for k in recorded["kept"]]
     if not out.exists() or [json.loads(x) for x in out.read_text().splitlines()] != rows:
         atomic_write_jsonl(out, rows)
     if len(rows) < cfg.study_profile.probe.min_items:

@@ -106,6 +106,106 @@ def test_data_construction_is_deterministic():
         sd.injected_rows(rows, [a], Tok(), 1.5)
 
 
+def control_synthetic(n=400, v=40):
+    """Logits where every 4th position is confident and right (injected-eligible), every 4th+1 unsure (entropy
+    well above 1 nat) with the data's token on top and several low-probability tokens, the rest neither."""
+    targets = torch.arange(n) % (v - 10)
+    logits = torch.full((n, v), -10.0)
+    for i, t in enumerate(targets.tolist()):
+        if i % 4 == 0:
+            logits[i, t], logits[i, t + 1] = 12.0, 2.0
+        elif i % 4 == 1:
+            logits[i, : v] = torch.linspace(0.0, -6.0, v).roll(t)   # top-1 is t, a long tail below it
+            logits[i, t] = 1.0
+        else:
+            logits[i, t + 2] = 12.0                                 # confident and wrong
+    return logits, targets
+
+
+def test_control_positions_are_unsure_agreements_replaced_by_a_low_probability_token():
+    logits, targets = control_synthetic()
+    ok, alt = sd.control_positions(logits, targets)
+    logp = torch.log_softmax(logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    assert ok.tolist() == [i % 4 == 1 for i in range(len(targets))]
+    assert (entropy[ok] >= sd.CONTROL_MIN_ENTROPY).all() and (logits[ok].argmax(-1) == targets[ok]).all()
+    p_alt = logp[torch.arange(len(alt)), alt].exp()
+    assert (p_alt[ok] < sd.CONTROL_MAX_PROB).all() and (alt[ok] != targets[ok]).all()
+    # the most likely token under the bound: every token ranked above it has p >= the bound
+    for i in ok.nonzero().flatten().tolist()[:5]:
+        above = logp[i].exp() > p_alt[i]
+        assert (logp[i].exp()[above] >= sd.CONTROL_MAX_PROB).all()
+    banned = {int(alt[1])}
+    ok2, alt2 = sd.control_positions(logits, targets, banned=banned)
+    assert ok2[1] and int(alt2[1]) != int(alt[1])  # a special-token alternative is passed over
+
+
+def test_the_control_arm_matches_the_injected_arms_count_at_unsure_positions_deterministically():
+    logits, targets = control_synthetic(n=400)
+    ok, alt = sd.eligible_positions(logits, targets)
+    c_ok, c_alt = sd.control_positions(logits, targets)
+    plan = sd.Plan(targets.tolist(), ok.tolist(), alt.tolist(), sd.uniforms(0, 7, 400).tolist(),
+                   c_ok.tolist(), c_alt.tolist())
+    for gap in (0, 2):
+        want = sum(plan.substituted(1.0, gap))
+        sub = plan.control_substituted(want, gap)
+        at = [i for i, x in enumerate(sub) if x]
+        assert len(at) == want > 0                                  # as many as the injected arm makes
+        assert all(c_ok[i] and not ok[i] for i in at)               # only at unsure positions
+        assert all(b - a > gap for a, b in itertools.pairwise(at))
+        assert sub == plan.control_substituted(want, gap)           # the same every time
+    assert sum(plan.control_substituted(10_000, 0)) == int(c_ok.sum())  # never more than the eligible ones
+    # the control arm adds no confident conflict (the audit's rule on the same logits); the injected arm does
+    logp = torch.log_softmax(logits, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+
+    def share(ids):
+        p = logp[torch.arange(len(ids)), torch.tensor(ids)].exp()
+        return float(((entropy < 0.5) & (p < 0.1)).double().mean())
+
+    base = share(plan.content_ids)
+    assert share(plan.control_ids(sum(plan.substituted(1.0)))) == base < share(plan.ids(1.0))
+
+    class Tok:
+        def decode(self, ids, **_):
+            return " ".join(map(str, ids))
+
+    row = {"id": "r", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]}
+    rows, counts = sd.control_rows([row], [plan], Tok(), 1.0, 2)
+    assert counts["wanted"] == counts["substituted"] == sum(plan.substituted(1.0, 2))
+    assert rows[0]["messages"][-1]["content"] == " ".join(map(str, plan.control_ids(counts["wanted"], 2)))
+
+
+def test_on_policy_answers_are_complete_greedy_first_then_sampled_retries(monkeypatch):
+    """complete_answers keeps each row's greedy answer when it ends within the budget, samples again (seeds 1..)
+    for one that runs out, takes the first sample that ends, and leaves out a row none ends, saying so."""
+    from common import generation
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    def fake(model, prompts, max_new_tokens, temperature=0.0, seed=0, **_):
+        out = []
+        for conv in prompts:
+            q = conv[-1]["content"]
+            ends = {"short": True, "long": seed >= 2, "never": False}[q]  # "long" ends on the 2nd sample
+            out.append([("w " * (3 if ends else max_new_tokens)).strip()])
+        return out
+
+    monkeypatch.setattr(generation, "generate", fake)
+    rows = [{"id": q, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ref"}]}
+            for q in ("short", "long", "never")]
+    kept, counts = sd.complete_answers(None, Tok(), rows, max_new_tokens=10, retries=3)
+    assert [r["id"] for r in kept] == ["short", "long"] and all(r["messages"][-1]["content"] == "w w w" for r in kept)
+    assert (counts["greedy_ended"], counts["sampled_ended"], counts["left_out"]) == (1, 1, ["never"])
+    assert counts["answer_tokens"] == {"mean": 3.0, "max": 3}
+    with pytest.raises(ValueError, match="none of 1 answers ended within 10 tokens"):
+        sd.complete_answers(None, Tok(), rows[2:], max_new_tokens=10, retries=1)
+    kept, _ = sd.complete_answers(None, Tok(), rows[2:], max_new_tokens=10, keep_unended=True)
+    assert len(kept) == 1  # the tiny random model's profile keeps what it generated
+
+
 def test_the_committed_facts_are_well_formed_and_the_disjointness_rule_catches_statements():
     facts = sd.read_facts(FACTS)
     assert len(facts) >= 200
@@ -275,9 +375,9 @@ def test_marked_token_nll_reads_the_right_positions():
         marked_nll(model, tok, rows[:1], [[0]], progress=False)
 
 
-def run_study(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_study(tmp: Path, *extra: str, profile: str = "tiny") -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    args = ["model=tiny", "data=tiny", "study_profile=tiny", f"out_dir={tmp / 'report'}", f"runs_dir={tmp / 'runs'}",
+    args = ["model=tiny", "data=tiny", f"study_profile={profile}", f"out_dir={tmp / 'report'}", f"runs_dir={tmp / 'runs'}",
             f"work_dir={tmp / 'work'}", f"metrics_dir={tmp / 'metrics'}", *extra]
     proc = subprocess.run([sys.executable, "-m", "experiments.study", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900, check=False)
@@ -325,8 +425,14 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     table = (out / "table.md").read_text()
     assert f"Verdict on the paper's causal claim: {summary['verdict']}" in table
     assert "## Each method minus SFT on the same arm" in table
-    # every prediction row has its 7 cells (P4's |EAFT - SFT| is escaped)
-    assert all(len(re.findall(r"(?<!\\)\|", line)) == 8 for line in table.splitlines() if line.startswith("| P"))
+    # every prediction row has its 7 cells (P4's |EAFT - SFT| is escaped), every re-decided row its 5
+    prereg, _, two_way = table.partition("### The same predictions with the two-way SE")
+    assert two_way, "the v1 predictions re-decided with the two-way SE are reported beside the verdict"
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 8 for line in prereg.splitlines() if line.startswith("| P"))
+    redecided = [line for line in two_way.split("\n## ")[0].splitlines() if line.startswith("| P")]
+    assert len(redecided) == 7 and all(line.count("|") == 6 for line in redecided)
+    assert summary["verdict_two_way"] in ("supported", "refuted", "unresolved")
+    assert all(p["verdict"] == "unresolved" for p in summary["predictions_two_way"])  # one seed decides nothing
     for f in ("table.md", "dose_response.png", "pareto.png", "open_questions.png"):
         assert (out / f).stat().st_size > 0, f
     # each arm in its own folder, with its own Masked-SFT precompute made from its own bytes
@@ -410,6 +516,37 @@ def test_the_tiny_profile_end_to_end_resumed_retrained_and_reused(tmp_path):
     rendered = run_study(tmp_path, "report_only=true")
     assert "[train]" not in rendered.stdout
     assert "| injected_d1 | masked_sft_pilot |" in (out / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_tiny_v2_profile_end_to_end(tmp_path):
+    """The v2 pipeline on the tiny model (minutes): control arm, complete on-policy answers, answer-only probe,
+    the two-way report with its verdict, every cell recording its precision and library versions."""
+    from analysis.study_report_v2 import PREDICTIONS
+
+    run_study(tmp_path, profile="tiny_v2")
+    out = tmp_path / "report"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["name"] for a in summary["arms"]] == ["natural_notags", "control", "on_policy", "injected_d1"]
+    assert summary["roles"] == {"lo": "natural_notags", "ctl": "control", "op": "on_policy", "hi": "injected_d1"}
+    preds = {p["id"]: p for p in summary["predictions"]}
+    assert set(preds) == {p[0] for p in PREDICTIONS}
+    for pid in ("P1", "C1", "P2", "P4", "P6"):  # every seed-paired contrast has its estimator, SE, df
+        p = preds[pid]
+        assert p["estimator"].startswith("two-way") and p["seeds"] == 2 and p["se"] is not None, p
+        assert p["verdict"] in ("confirmed", "refuted", "unresolved")
+    assert summary["verdict"] in ("supported", "partly supported", "refuted", "unresolved")
+    assert summary["environment"]["precision"] == "fp32" and "transformers" in summary["environment"]["packages"]
+    on_policy = json.loads((out / "on_policy.json").read_text())
+    assert on_policy["settings"]["mode"] == "complete" and on_policy["rows"] == 16
+    probe = [json.loads(x) for x in (tmp_path / "work" / "probe.jsonl").read_text().splitlines()]
+    assert probe and all("answer" in r for r in probe)
+    items = json.loads((tmp_path / "metrics" / "study-tiny_v2-base" / "knowledge_nll.json").read_text())
+    assert items["metric"] == "answer_nll_per_token" and items["settings"]["measure"] == "answer_nll"
+    for run in (out / "runs").iterdir():
+        info = json.loads((run / "run_info.json").read_text())
+        assert info["packages"]["torch"] and "bf16: false" in (run / "config.yaml").read_text()
+    assert (out / "forgetting.png").stat().st_size > 10_000
 
 
 def test_the_study_keeps_its_metrics_out_of_results_metrics():
