@@ -1,7 +1,7 @@
 """The README and docs/ say only what the repository holds.
 
 - the README's file tree names paths that exist, and every top-level folder git tracks;
-- its equation map names functions of training/losses.py and configs that exist;
+- its equation map names functions of eaft_loss.losses (packages/eaft-loss) and configs that exist;
 - every relative link in README.md, docs/*.md and results/demo/README.md resolves (file and #heading);
 - every number of ours in its results-at-a-glance table is in the committed file the row names;
 - the published numbers in docs/paper.md equal analysis/paper_results.csv, cell by cell;
@@ -83,12 +83,12 @@ def equation_map() -> list[list[str]]:
 
 
 def test_equation_map_functions_exist_in_losses():
-    from training import losses
+    from eaft_loss import losses
 
     names = [n for row in equation_map() for n in backticked(row[2])]
     assert {"weighted_ce", "eaft_gate", "sft_kl_loss"} <= set(names)
     missing = [n for n in names if not callable(getattr(losses, n, None))]
-    assert not missing, f"README.md's equation map names functions training/losses.py lacks: {missing}"
+    assert not missing, f"README.md's equation map names functions eaft_loss.losses lacks: {missing}"
     gates = {n for n in names if n.endswith("_gate")}
     assert gates <= {f.__name__ for f in losses.GATES.values()}, "a *_gate in the map is not in GATES"
 
@@ -200,7 +200,7 @@ def test_demo_readme_full_rows_are_the_committed_report(method, label):
 def test_calculator_tag_finding_is_the_committed_audit():
     """The README and the demo's README quote the audit (results/audit/, `make audit`) and the token statistics it
     reads (results/token_stats/): the conflict count and share, and how many conflicts open a calculator tag."""
-    from training.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB
+    from eaft_loss.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB
 
     audit = json.loads((REPO / "results/audit/smollm2-135m-math-mini.json").read_text())["conflicts"]
     stats = pd.read_parquet(REPO / "results/token_stats/smollm2-135m-math-mini.parquet")
