@@ -113,7 +113,10 @@ def test_fresh_venv_with_torch_and_the_package_runs_the_docs_example(tmp_path):
     assert run([sys.executable, "-m", "venv", venv], tmp_path).returncode == 0
     torch_install = run([py, "-m", "pip", "install", "-q", "torch==2.13.0"], tmp_path)
     need("pypi", torch_install.returncode == 0, f"torch==2.13.0 did not install: {torch_install.stderr[-300:]}")
-    install = run([py, "-m", "pip", "install", "-q", "--no-deps", PACKAGE], tmp_path)
+    # A copy of the folder: an in-tree build writes build/ and *.egg-info next to the sources, never the checkout
+    copy = shutil.copytree(PACKAGE, tmp_path / "eaft-loss", ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                                          "__pycache__"))
+    install = run([py, "-m", "pip", "install", "-q", "--no-deps", copy], tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
 
     work = tmp_path / "elsewhere"  # not the repository: nothing of it is importable from here
