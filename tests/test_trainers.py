@@ -12,14 +12,21 @@ config here, tied head, the committed tiny tokenizer) with the real transformers
 """
 
 import copy
+import json
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from eaft_loss.losses import finalize_stats, supervised_tokens, token_stats
 
 from tests.conftest import REPO, need
+from tests.test_distributed import free_port
 from tests.test_losses import ref_full_entropy, ref_gate, ref_loss, ref_tokens, ref_topk_entropy
 
 DOC = REPO / "docs" / "trainers.md"
@@ -99,22 +106,33 @@ def steps(history: list[dict]) -> list[dict]:
 # HF Trainer: the page's two examples, with our chat collator (prompt tokens -100).
 
 
-def hf_run(block: str, tmp_path) -> dict:
+def hf_scope(out_dir, model_dir=None, **overrides) -> dict:
+    """What the page's HF examples take as given: model, args, train_dataset, data_collator (our chat collator,
+    prompt tokens -100); the first batch of the sequential sampler is rows[:BATCH] (global batch)."""
     from transformers import TrainingArguments
 
     from training.data import ChatCollator, build_examples, read_chat_jsonl
     tok = tokenizer()
     examples, _ = build_examples(read_chat_jsonl(CHATS)[:ROWS], tok, max_length=256)
-    model = tiny_model(len(tok))
-    before = copy.deepcopy(model)
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=BATCH, max_steps=STEPS,
-                             logging_steps=1, learning_rate=1e-3, report_to="none", save_strategy="no",
-                             use_cpu=True, seed=0, remove_unused_columns=False, train_sampling_strategy="sequential")
-    collator = ChatCollator(tok.pad_token_id)
-    rows = count_head_rows(model)
-    scope = {"model": model, "args": args, "train_dataset": examples, "data_collator": collator}
+    settings = {"per_device_train_batch_size": BATCH, "max_steps": STEPS, "logging_steps": 1, "learning_rate": 1e-3,
+                "report_to": "none", "save_strategy": "no", "use_cpu": True, "seed": 0,
+                "remove_unused_columns": False, "train_sampling_strategy": "sequential", **overrides}
+    args = TrainingArguments(output_dir=str(out_dir), **settings)  # before the model: ZeRO-3 builds it partitioned
+    if model_dir:  # from disk: under ZeRO-3 from_config would initialise the partitioned weights differently
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    else:
+        model = tiny_model(len(tok))
+    return {"model": model, "args": args, "train_dataset": examples,
+            "data_collator": ChatCollator(tok.pad_token_id)}
+
+
+def hf_run(block: str, tmp_path) -> dict:
+    scope = hf_scope(tmp_path)
+    before = copy.deepcopy(scope["model"])
+    rows = count_head_rows(scope["model"])
     exec(compile(block, "docs/trainers.md", "exec"), scope)  # noqa: S102
-    first = collator(examples[:BATCH])  # the sequential sampler's first batch
+    first = scope["data_collator"](scope["train_dataset"][:BATCH])  # the sequential sampler's first batch
     return {"history": scope["trainer"].state.log_history, "reference": reference(before, first), "rows": rows}
 
 
@@ -251,6 +269,56 @@ def test_trl_fused_and_plain_agree_under_bf16_autocast(trl_runs):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), a["step"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2), a["step"]
     assert set(trl_runs["fused-bf16"]["rows"]) == {0}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DeepSpeed ZeRO-3: the page's fused HF example, unchanged, with a DeepSpeed config and two CPU ranks.
+
+ZERO3 = {"zero_optimization": {"stage": 3}, "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+         "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+ZERO3_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import deepspeed
+deepspeed.init_distributed(auto_mpi_discovery=False)  # on the CPU: wrap torchrun's gloo group (training/train.py)
+from tests.test_trainers import ZERO3, BATCH, as_plain, doc_block, hf_scope
+block = doc_block("HF Trainer", "Objective")
+scope = hf_scope({out!r}, {model!r}, deepspeed=ZERO3, per_device_train_batch_size=BATCH // 2)
+exec(block if {fused!r} else as_plain(block), scope)
+if int(os.environ["RANK"]) == 0:
+    print("HISTORY " + json.dumps(scope["trainer"].state.log_history))
+"""
+
+
+@pytest.mark.distributed
+def test_hf_fused_example_under_zero3_on_two_ranks(hf_runs, tmp_path):
+    """2 ranks x 2 rows = the single-process run's batch of 4: the same step-1 loss and statistics as the
+    reference, fused = plain at every step, and the fused run gathers the partitioned head weight."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    need("distributed", shutil.which("g++") is not None and torchrun.exists(),
+         "DeepSpeed's CPU comm op is JIT-built with g++ (and ninja), launched by the venv's torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{torchrun.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # ninja
+    tiny_model(len(tokenizer())).save_pretrained(tmp_path / "model")  # the weights the reference run starts from
+    runs = {}
+    for fused in (True, False):
+        script = tmp_path / f"zero3_{fused}.py"
+        script.write_text(ZERO3_SCRIPT.format(repo=str(REPO), out=str(tmp_path / f"out-{fused}"), fused=fused,
+                                              model=str(tmp_path / "model")))
+        proc = subprocess.run([str(torchrun), "--nproc-per-node=2", f"--master-port={free_port()}", str(script)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        assert ("gathering the ZeRO-3 partitioned head weight" in proc.stdout) == fused
+        (line,) = [x for x in proc.stdout.splitlines() if x.startswith("HISTORY ")]
+        runs[fused] = steps(json.loads(line[len("HISTORY "):]))
+    assert [h["step"] for h in runs[True]] == list(range(1, STEPS + 1))
+    reference_loss, reference_stats = hf_runs["fused"]["reference"]
+    assert runs[True][0]["loss"] == pytest.approx(reference_loss, rel=1e-5)
+    for key in LOGGED:
+        assert runs[True][0][key] == pytest.approx(reference_stats[key], rel=1e-5, abs=1e-9), key
+    for a, b in zip(runs[False], runs[True]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["grad_norm"] == pytest.approx(a["grad_norm"],
+                                                                                                rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -105,12 +105,24 @@ def _gathered(weight: torch.Tensor):
 
 
 class Objective:
+    """`compute_loss_func` for a trainer: `objective(outputs, labels, num_items_in_batch)` -> the method's loss.
+
+    method: a name of `losses.LOSSES` (`get_loss`); hparams: its hyper-parameters (e.g. {"k": 20, "alpha": 1.0,
+    "norm": 3.0} for EAFT; unknown ones are refused here); ref_model: SFT-KL's frozen base model; fused: compute
+    the loss from the last hidden state and the head weight (`linear_losses`), never the full logits (needs
+    `attach`); chunk_size: tokens per chunk of the fused loss (default `linear_losses.DEFAULT_CHUNK_SIZE`);
+    collect_stats: sum the gate statistics of every training call for `pop_stats`.
+    """
+
     def __init__(self, method: str, hparams: dict | None = None, ref_model: torch.nn.Module | None = None,
                  collect_stats: bool = True, fused: bool = False, chunk_size: int | None = None):
         self.method = method
         self.loss_fn = get_loss(method)
         check_hparams(method, hparams or {})
-        self.fused = resolve_fused(True, method) if fused else False
+        if fused and method not in LINEAR_LOSSES:
+            raise ValueError(f"fused=True, but method {method!r} has no fused version: "
+                             f"{UNSUPPORTED.get(method, 'unknown method')}; use fused=False")
+        self.fused = bool(fused)
         self.chunk_size = chunk_size
         self._head = None
         self.hparams = dict(hparams or {})
@@ -123,7 +135,8 @@ class Objective:
             raise ValueError("method=sft_kl needs a frozen reference model (method.ref_model)")
 
     def attach(self, model: torch.nn.Module) -> None:
-        """Register the pre-hook that moves per-batch extras out of the model's inputs."""
+        """Register the forward pre-hook on `model` (before a trainer or DeepSpeed wraps it): it moves per-batch
+        extras out of the model's inputs and, when fused, asks for the hidden states instead of the logits."""
         if self.fused:
             reason = fused_unsupported(model)
             if reason:
@@ -158,9 +171,13 @@ class Objective:
             raise ValueError("the batch has no 'labels'; the collator must produce them")
         stats = {} if (self.collect_stats and self._training) else None
         if self.method == "flow" and "sample_weights" not in self._extras:
-            raise ValueError("method=flow but the batch has no sample_weight; train with the precomputed "
-                             "FLOW weights (python -m training.precompute ...)")
+            raise ValueError("method=flow but the batch has no sample_weight (B,): the collator must pass each "
+                             "sequence's FLOW weight (in this repository: python -m training.precompute ...), and "
+                             "the Objective must be attached to the model")
         if self.fused:
+            if self._head is None:
+                raise ValueError("fused=True needs objective.attach(model) before training: without its hook the "
+                                 "model computes the full logits and returns no hidden states")
             hidden = outputs["hidden_states"][-1]  # (B, T, d) after the final norm: lm_head's input
             weight = self._head.weight  # (V, d); the embedding Parameter itself when tied
             with _gathered(weight):
@@ -179,6 +196,7 @@ class Objective:
         return loss
 
     def pop_stats(self) -> dict[str, float]:
+        """The gate statistics' means since the last call (`losses.finalize_stats`), over all ranks."""
         sums = dict(self._sums)
         self._sums.clear()
         dist = torch.distributed
