@@ -6,7 +6,8 @@
 - every number of ours in its results-at-a-glance table is in the committed file the row names;
 - the published numbers in docs/paper.md equal analysis/paper_results.csv, cell by cell;
 - the quoted demo numbers (the full profile's rows, the audit's calculator-tag finding) are the committed ones;
-- the README's torch example runs; its commands are make targets; it stays short.
+- the README's torch example runs; its commands are make targets; it stays short;
+- docs/trainers.md's time and memory rows are rows of results/bench/loss_kernels.md.
 """
 
 import json
@@ -249,3 +250,21 @@ def test_readme_commands_are_make_targets():
     assert {"demo", "test"} <= targets
     for target in sorted(targets):
         assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"README: `make {target}`, no such target"
+
+
+def test_trainers_md_bench_rows_are_rows_of_the_bench_file():
+    """docs/trainers.md quotes results/bench/loss_kernels.md (`make bench`): each quoted row (tokens, method, run
+    id) is a row of the file, with the same CPU time, ratio, peak and above-grads numbers."""
+    doc = (REPO / "docs" / "trainers.md").read_text()
+    rows = table_rows(section(doc, "Memory and time at Qwen3-4B's head"))
+    assert rows[0] == ["tokens N", "method", "CPU time (s)", "× plain CE", "peak extra (GB)", "above grads (GB)", "run"]
+    bench = {}
+    for cells in table_rows((REPO / "results" / "bench" / "loss_kernels.md").read_text()):
+        if len(cells) == 14 and cells[0] != "tokens N":  # the main table: tokens ... repeats | run
+            bench[(cells[0], cells[1], cells[13])] = cells
+    assert len(rows) > 4
+    for tokens, method, cpu, ratio, peak, above, run in rows[1:]:
+        key = (tokens, method, run.strip("`"))
+        assert key in bench, f"docs/trainers.md quotes {key}, which results/bench/loss_kernels.md does not have"
+        row = bench[key]
+        assert (cpu, ratio, peak, above) == (row[5], row[6], row[7], row[10]), key

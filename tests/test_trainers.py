@@ -335,6 +335,8 @@ def test_objective_and_callback_errors():
         Objective("eatf")
     with pytest.raises(ValueError, match="sft_kl.*no fused version"):
         Objective("sft_kl", fused=True, ref_model=torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match=r"fused=True needs objective.attach\(model\)"):
+        Objective("eaft", fused=True)({"logits": torch.zeros(1, 3, 8)}, torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="eaft_loss.Objective"):
         GateStatsCallback(lambda outputs, labels, num_items_in_batch=None: 0)
     model = tiny_model(64)
