@@ -11,6 +11,8 @@ the previous log, summed over ranks (`Objective.pop_stats`, `losses.finalize_sta
 entropy_mean, conflict_share, conflict_loss_share, conflict_gate_mean, ce_high_entropy, ce_low_entropy. They go into
 the `logs` the reporters receive (wandb, tensorboard: the callback is put first so that they see them) and into
 `trainer.state.log_history`, which the Trainer writes to each checkpoint's trainer_state.json.
+
+Try it (in the eaft-repro repository):  python -m pytest tests/test_trainers.py -q
 """
 
 from __future__ import annotations
