@@ -22,18 +22,20 @@ PYTEST_ARGS ?=
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: $(STAMP) ## create .venv and install the project with its dev extras (CPU torch where there is no CUDA)
+setup: $(STAMP) ## create .venv: the dependencies with the dev and trl extras, and packages/eaft-loss (CPU torch where there is no CUDA)
 
 # Without CUDA: the CPU torch wheel first, then everything else constrained to it, so no CUDA package is pulled.
 # With CUDA: the user's own torch (install it before `make setup`), plus the gpu extra by hand if wanted.
-$(STAMP): pyproject.toml constraints-cpu.txt
+# The project itself installs only its dependencies (pyproject.toml says why); the stages run from this folder.
+# The losses are their own package (packages/eaft-loss), installed editable so that edits to it take effect.
+$(STAMP): pyproject.toml constraints-cpu.txt packages/eaft-loss/pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-	    DS_BUILD_OPS=0 $(PY) -m pip install -e '.[dev]'; \
+	    DS_BUILD_OPS=0 $(PY) -m pip install -e ./packages/eaft-loss '.[dev,trl]'; \
 	else \
 	    $(PY) -m pip install torch==2.13.0 && \
-	    DS_BUILD_OPS=0 $(PY) -m pip install -c constraints-cpu.txt -e '.[dev]'; \
+	    DS_BUILD_OPS=0 $(PY) -m pip install -c constraints-cpu.txt -e ./packages/eaft-loss '.[dev,trl]'; \
 	fi
 	touch $@
 

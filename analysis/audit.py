@@ -8,7 +8,7 @@
 
 One teacher-forced pass of the model over the data (analysis/token_stats.py), then a report, printed and written
 to results/audit/<model>-<data>.{md,json} (configs/analysis.yaml, key `audit`):
-- the share of confident-conflict tokens (H < 0.5 nats, p < 0.1; training/losses.py) and their share of the
+- the share of confident-conflict tokens (H < 0.5 nats, p < 0.1; eaft_loss/losses.py) and their share of the
   SFT loss, of EAFT's loss and of the summed logit-gradient norm; the mean EAFT gate;
 - entropy (full and top-20), probability and gate quantiles; shares of the high/low-entropy groups;
 - the Masked-SFT thresholds (the q-quantiles of H_top20 and p, defined as training/precompute.py does), next to

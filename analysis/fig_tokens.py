@@ -18,12 +18,12 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from eaft_loss.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.patches import Rectangle
 
 from analysis.plotting import CONFLICT_COLOR
 from analysis.summaries import REGION_LABELS, region_masks
-from training.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB
 
 P_LABEL = "Token probability $p(y_t)$"
 H_LABEL = "Token entropy $H_t$ (nats, full vocabulary)"

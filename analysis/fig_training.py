@@ -16,9 +16,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from eaft_loss.losses import HIGH_ENTROPY_MIN, LOW_ENTROPY_MAX
 
 from analysis.plotting import METHOD_ORDER, method_color, method_name, place_labels
-from training.losses import HIGH_ENTROPY_MIN, LOW_ENTROPY_MAX
 
 
 def entropy_group_ce(curves: dict[str, pd.DataFrame], title: str | None = None, smooth: int | None = None):

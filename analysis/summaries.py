@@ -3,7 +3,7 @@ loss and gradient shares, quantiles, Masked-SFT thresholds, top-K correlation. P
 
     python -m analysis.summaries results/token_stats/smollm2-135m-math-mini.parquet     # prints them
 
-Regions (thresholds from training/losses.py, full-vocabulary entropy in nats):
+Regions (thresholds from eaft_loss/losses.py, full-vocabulary entropy in nats):
     confident_conflict   H < CONFLICT_MAX_ENTROPY (0.5) and p < CONFLICT_MAX_PROB (0.1)
     high_entropy         H >= HIGH_ENTROPY_MIN (2.0)                      (Fig. 4's high group)
     low_entropy_confident  H <= LOW_ENTROPY_MAX (0.5) and p >= CONFIDENT_MIN_PROB (0.5): the model is sure and
@@ -18,8 +18,7 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-
-from training.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB, HIGH_ENTROPY_MIN, LOW_ENTROPY_MAX
+from eaft_loss.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB, HIGH_ENTROPY_MIN, LOW_ENTROPY_MAX
 
 CONFIDENT_MIN_PROB = 0.5
 REGION_LABELS = {

@@ -12,8 +12,8 @@ supervised token, so that every token-level figure (1b, 3, 6, 7) and the audit r
     token_id, token   the label y_t and its decoded text
     prob           p_t = P(y_t | x, y_<t)
     entropy        full-vocabulary entropy H_t (nats)
-    entropy_top{K} top-K entropy, `training.losses.topk_entropy`, for each K in cfg.topk
-    gate           the EAFT gate (H_top20 / 3.0) ** alpha, `training.losses.eaft_gate` with the method config
+    entropy_top{K} top-K entropy, `eaft_loss.losses.topk_entropy`, for each K in cfg.topk
+    gate           the EAFT gate (H_top20 / 3.0) ** alpha, `eaft_loss.losses.eaft_gate` with the method config
     grad_norm      ||softmax - onehot(y_t)||_2 = sqrt(sum_v p_v^2 - 2 p_t + 1): the norm of dCE_t/dlogits.
                    With the detached gate, EAFT's logit gradient norm is gate * grad_norm (Fig. 3).
     pred_id, pred_prob   the model's top-1 token and its probability (what it expected instead)
@@ -35,13 +35,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from eaft_loss.losses import Tokens, eaft_gate, full_entropy, supervised_tokens, topk_entropy
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from common.files import atomic_path, git_sha, repo_relative, sha256_file
 from common.models import REPO, load_model, load_tokenizer, resolve
 from training.data import IGNORE_INDEX, ChatCollator, build_examples, read_chat_jsonl
-from training.losses import Tokens, eaft_gate, full_entropy, supervised_tokens, topk_entropy
 
 META_KEY = b"eaft_token_stats"
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from eaft_loss.losses import CONFLICT_MAX_ENTROPY, full_entropy
 from tqdm import tqdm
 
 from training.data import IGNORE_INDEX, ChatCollator, tokenize_chat
-from training.losses import CONFLICT_MAX_ENTROPY, full_entropy
 
 CALCULATOR_TAG = re.compile(r"<<[^<>]*>>")
 

@@ -311,10 +311,10 @@ def probe(cfg, base: Base, paths: dict[str, Path]) -> Path:
 def open_questions(cfg, base: Base, natural: Path) -> dict:
     """Per softmax temperature: mean EAFT gate and Pearson r of top-K with full entropy, on the natural arm."""
     import torch
+    from eaft_loss.losses import eaft_gate, full_entropy, supervised_tokens, topk_entropy
     from omegaconf import OmegaConf
 
     from training.data import ChatCollator, build_examples, read_chat_jsonl
-    from training.losses import eaft_gate, full_entropy, supervised_tokens, topk_entropy
 
     path = repo_path(cfg.out_dir) / "open_questions.json"
     q = cfg.study_profile.open_questions

@@ -76,7 +76,7 @@ def test_adding_a_benchmark(copy):
 def test_adding_a_method(copy):
     root, tables = copy
     text = paragraph("method")
-    for needle in ("training/losses.py", "GATES", "configs/method/my.yaml", "`title`", "paper/tables.yaml",
+    for needle in ("eaft_loss/losses.py", "GATES", "configs/method/my.yaml", "`title`", "paper/tables.yaml",
                    "python tools/experiment_configs.py", "equation map"):
         assert needle in text, needle
     (root / "method" / "my.yaml").write_text("name: my\ntitle: My gate\nloss: eaft\nhparams: {k: 20}\n")

@@ -238,7 +238,8 @@ def test_case6_precompute_thresholds_beyond_2_24_tokens(monkeypatch):
 
 
 def test_case6_precompute_and_the_loss_use_one_quantile(monkeypatch):
-    from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
+    from eaft_loss.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
+
     from training.precompute import ChatCollator, compute
 
     rows, examples = synthetic_examples(monkeypatch, n_rows=6, length=50)

@@ -1,4 +1,4 @@
-"""The fused-linear losses (training/linear_losses.py) against the plain path LOSSES[name](hidden @ W.T, ...):
+"""The fused-linear losses (eaft_loss.linear_losses, packages/eaft-loss) against the plain path LOSSES[name](hidden @ W.T, ...):
 value, both gradients and gate statistics for every gate in GATES (cases generated from it, so a new method is
 covered without an edit here) and several chunk sizes; batch statistics by declaration (a toy gate that declares
 one, a toy gate that does not); the O(chunk x V) memory bound; the model hook (post-norm hidden states, no
@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from eaft_loss import linear_losses, losses
+from eaft_loss.linear_losses import LINEAR_LOSSES, UNSUPPORTED
+from eaft_loss.losses import GATES, LOSSES, BatchStat, finalize_stats, needs
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from training import linear_losses, losses
-from training.linear_losses import LINEAR_LOSSES, UNSUPPORTED
-from training.losses import GATES, LOSSES, BatchStat, finalize_stats, needs
 
 REPO = Path(__file__).resolve().parents[1]
 B, T, D, V = 3, 11, 16, 60
@@ -329,7 +328,7 @@ def test_last_hidden_state_is_what_lm_head_sees_and_no_logits_are_made(kind):
 def test_objective_fused_gives_the_plain_gradients_on_every_parameter(kind, checkpointing):
     """Through the Objective's hook, as the Trainer runs it. Qwen3 here has tied embeddings: the shared
     Parameter must get embedding + head gradient exactly once. Gradient checkpointing (trainer=paper) too."""
-    from training.objective import Objective
+    from eaft_loss.objective import Objective
     grads = {}
     ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1))
     labels = ids.clone()
@@ -353,7 +352,7 @@ def test_objective_fused_gives_the_plain_gradients_on_every_parameter(kind, chec
 
 
 def test_switch_resolution_and_errors():
-    from training.objective import Objective, resolve_fused
+    from eaft_loss.objective import Objective, resolve_fused
     assert resolve_fused("auto", "eaft") and not resolve_fused("auto", "sft_kl")
     assert resolve_fused(True, "mile") and not resolve_fused(False, "eaft")
     with pytest.raises(ValueError, match="sft_kl.*reference model.*fused_loss=false"):

@@ -1,7 +1,7 @@
 """Every loss against a straightforward fp64 reference written here, plus the analytic cases, plus the shared
 per-token pieces (batch statistics by declaration, the closed-form gradient) for every gate in GATES.
 
-The references loop over tokens and use only torch.log_softmax / topk, independently of training/losses.py.
+The references loop over tokens and use only torch.log_softmax / topk, independently of eaft_loss.losses (packages/eaft-loss).
 """
 
 import inspect
@@ -9,8 +9,7 @@ import math
 
 import pytest
 import torch
-
-from training.losses import (
+from eaft_loss.losses import (
     GATES,
     LOSSES,
     gated_ce,
@@ -291,7 +290,7 @@ def test_gate_statistics():
     LOSSES["eaft"](logits, labels, stats=stats)
     n = int((labels[:, 1:] != -100).sum())
     assert stats["n_tokens"] == n
-    from training.losses import finalize_stats
+    from eaft_loss.losses import finalize_stats
     fin = finalize_stats(stats)
     assert 0 < fin["gate_mean"] < 1
     assert 0 <= fin["conflict_share"] <= 1

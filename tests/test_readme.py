@@ -1,12 +1,13 @@
 """The README and docs/ say only what the repository holds.
 
 - the README's file tree names paths that exist, and every top-level folder git tracks;
-- its equation map names functions of training/losses.py and configs that exist;
+- its equation map names functions of eaft_loss.losses (packages/eaft-loss) and configs that exist;
 - every relative link in README.md, docs/*.md and results/demo/README.md resolves (file and #heading);
 - every number of ours in its results-at-a-glance table is in the committed file the row names;
 - the published numbers in docs/paper.md equal paper/results.csv, cell by cell;
 - the quoted demo numbers (the full profile's rows, the audit's calculator-tag finding) are the committed ones;
-- the README's torch example runs; its commands are make targets; it stays short.
+- the README's torch example runs; its commands are make targets; it stays short;
+- docs/trainers.md's time and memory rows are rows of results/bench/loss_kernels.md.
 """
 
 import json
@@ -83,12 +84,12 @@ def equation_map() -> list[list[str]]:
 
 
 def test_equation_map_functions_exist_in_losses():
-    from training import losses
+    from eaft_loss import losses
 
     names = [n for row in equation_map() for n in backticked(row[2])]
     assert {"weighted_ce", "eaft_gate", "sft_kl_loss"} <= set(names)
     missing = [n for n in names if not callable(getattr(losses, n, None))]
-    assert not missing, f"README.md's equation map names functions training/losses.py lacks: {missing}"
+    assert not missing, f"README.md's equation map names functions eaft_loss.losses lacks: {missing}"
     gates = {n for n in names if n.endswith("_gate")}
     assert gates <= {f.__name__ for f in losses.GATES.values()}, "a *_gate in the map is not in GATES"
 
@@ -200,7 +201,7 @@ def test_demo_readme_full_rows_are_the_committed_report(method, label):
 def test_calculator_tag_finding_is_the_committed_audit():
     """The README and the demo's README quote the audit (results/audit/, `make audit`) and the token statistics it
     reads (results/token_stats/): the conflict count and share, and how many conflicts open a calculator tag."""
-    from training.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB
+    from eaft_loss.losses import CONFLICT_MAX_ENTROPY, CONFLICT_MAX_PROB
 
     audit = json.loads((REPO / "results/audit/smollm2-135m-math-mini.json").read_text())["conflicts"]
     stats = pd.read_parquet(REPO / "results/token_stats/smollm2-135m-math-mini.parquet")
@@ -249,3 +250,21 @@ def test_readme_commands_are_make_targets():
     assert {"demo", "test"} <= targets
     for target in sorted(targets):
         assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"README: `make {target}`, no such target"
+
+
+def test_trainers_md_bench_rows_are_rows_of_the_bench_file():
+    """docs/trainers.md quotes results/bench/loss_kernels.md (`make bench`): each quoted row (tokens, method, run
+    id) is a row of the file, with the same CPU time, ratio, peak and above-grads numbers."""
+    doc = (REPO / "docs" / "trainers.md").read_text()
+    rows = table_rows(section(doc, "Memory and time at Qwen3-4B's head"))
+    assert rows[0] == ["tokens N", "method", "CPU time (s)", "× plain CE", "peak extra (GB)", "above grads (GB)", "run"]
+    bench = {}
+    for cells in table_rows((REPO / "results" / "bench" / "loss_kernels.md").read_text()):
+        if len(cells) == 14 and cells[0] != "tokens N":  # the main table: tokens ... repeats | run
+            bench[(cells[0], cells[1], cells[13])] = cells
+    assert len(rows) > 4
+    for tokens, method, cpu, ratio, peak, above, run in rows[1:]:
+        key = (tokens, method, run.strip("`"))
+        assert key in bench, f"docs/trainers.md quotes {key}, which results/bench/loss_kernels.md does not have"
+        row = bench[key]
+        assert (cpu, ratio, peak, above) == (row[5], row[6], row[7], row[10]), key

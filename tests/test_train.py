@@ -160,7 +160,7 @@ def test_every_config_composes(group, option):
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved[group] is not None
     if group == "method":
-        from training.losses import LOSSES
+        from eaft_loss.losses import LOSSES
         assert cfg.method.loss in LOSSES
     assert cfg_for(f"{group}={option}", name="precompute")[group] is not None
 

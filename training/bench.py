@@ -12,8 +12,8 @@ supervised, and runs loss.backward():
     authors_eaft    EAFT as the authors' released code does it (docs/paper.md, "Method"): full logits upcast to fp32,
                     per-token CE over every position, a masked copy of the supervised rows for the top-20 entropy
                     under no_grad, weight (H/3.0)^alpha, sum / num_items
-    ours_eaft       LOSSES['eaft'] on the full logits (training/losses.py)
-    chunked_eaft    LINEAR_LOSSES['eaft']: no full logits (training/linear_losses.py)
+    ours_eaft       LOSSES['eaft'] on the full logits (eaft_loss.losses, packages/eaft-loss)
+    chunked_eaft    LINEAR_LOSSES['eaft']: no full logits (eaft_loss.linear_losses)
     chunked_ce      LINEAR_LOSSES['sft']
     chunked_eaft_stats  chunked_eaft plus the gate statistics training logs every step
 
@@ -52,10 +52,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from eaft_loss.linear_losses import DEFAULT_CHUNK_SIZE, LINEAR_LOSSES
+from eaft_loss.losses import LOSSES
 
 from common.files import REPO, read_jsonl
-from training.linear_losses import DEFAULT_CHUNK_SIZE, LINEAR_LOSSES
-from training.losses import LOSSES
 
 OUT = REPO / "results" / "bench"
 QWEN3_4B = {"hidden": 2560, "vocab": 151_936}

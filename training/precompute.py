@@ -10,7 +10,7 @@ Writes <data dir>/precomputed/<model name>.json next to the training file:
 - masked_sft: the q-quantiles of the top-k entropy (nats) and of the label probability over all supervised
   tokens, computed once under the base model (why: docs/paper.md, section "Where the paper is silent").
   q and k come from the method config (`method=`, default masked_sft: configs/method/masked_sft*.yaml), the
-  quantile is the loss's own (training.losses._quantile, any number of tokens), and the file records q, k, the
+  quantile is the loss's own (eaft_loss.losses._quantile, any number of tokens), and the file records q, k, the
   mode and the method it was made for.
 method=flow / masked_sft* read this file and fail if it is missing, was made from other data, or (Masked SFT)
 holds thresholds for another q or k than the method's.
@@ -26,12 +26,12 @@ import math
 from pathlib import Path
 
 import torch
+from eaft_loss.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
 from tqdm import tqdm
 
 from common.files import REPO, atomic_write_text, sha256_file
 from common.models import load_model, load_tokenizer, resolve
 from training.data import ChatCollator, build_examples, read_chat_jsonl
-from training.losses import _quantile, masked_sft_gate, supervised_tokens, topk_entropy
 
 
 def precomputed_path(train_file: str | Path, model_name: str) -> Path:

@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from eaft_loss import Objective, resolve_fused
 from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -41,7 +42,7 @@ from training.guards import (
     finished_info,
     whole_run_train_loss,
 )
-from training.objective import MetricsCallback, Objective, resolve_fused
+from training.objective import MetricsCallback
 from training.precompute import load_precomputed
 
 PACKAGES = ["torch", "transformers", "accelerate", "datasets", "deepspeed", "hydra-core", "lm_eval", "math-verify"]

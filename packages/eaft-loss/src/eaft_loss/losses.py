@@ -5,7 +5,7 @@ Each method is a *gate*: a per-token weight w_t that multiplies the token's cros
     L = sum_t w_t * CE_t / N            (N = num_items_in_batch, else the supervised-token count)
 
 and one shared per-token pipeline does the rest, for the plain path here (`weighted_ce`, from the logits) and the
-fused chunked path (training/linear_losses.py, from the hidden states and the head weight) alike:
+fused chunked path (eaft_loss.linear_losses, from the hidden states and the head weight) alike:
 
     supervised_positions   shift (position t predicts label t+1), drop ignored labels (-100)
     tokens_from_logits     upcast to fp32, log-softmax, per-token CE                  -> Tokens
@@ -35,12 +35,12 @@ Paper map (arXiv 2601.02151; docs/paper.md "Method" and "Baselines"):
                (the authors' released loss, not stated in the paper text)
 
 Adding a method: write a gate `(Tokens, **hparams) -> (N,) weights`, add it to GATES and write
-configs/method/<name>.yaml; the parity tests pick it up from GATES. If it reads anything computed over the whole
+(in this repository) configs/method/<name>.yaml; the parity tests pick it up from GATES. If it reads anything computed over the whole
 batch (a median, a quantile, a mean), declare it with `@needs(BatchStat(...))` (see talr_gate), or the fused path
 refuses it (it would otherwise compute it per chunk).
 
-Try it:  python -c "import torch; from training.losses import LOSSES; \
-          print(LOSSES['eaft'](torch.randn(2, 5, 50), torch.randint(0, 50, (2, 5))))"
+Try it:  python -c "import torch; from eaft_loss import get_loss; \
+          print(get_loss('eaft')(torch.randn(2, 5, 50), torch.randint(0, 50, (2, 5))))"
 """
 
 from __future__ import annotations
@@ -306,8 +306,8 @@ def flow_gate(tok: Tokens, sample_weights: torch.Tensor | None = None) -> torch.
     The weights come from `python -m training.precompute` (normalised to mean 1 over the data set) and reach
     the loss as `sample_weights` (B,): an input, indexed by each token's row, so no batch statistic."""
     if sample_weights is None:
-        raise ValueError("flow needs sample_weights (B,): run `python -m training.precompute` on the data "
-                         "with the base model, then train with method=flow")
+        raise ValueError("flow needs sample_weights (B,), one static weight per sequence from the base model "
+                         "(in the eaft-repro repository: `python -m training.precompute`, then method=flow)")
     return sample_weights.to(tok.ce.device, torch.float32)[tok.rows].detach()
 
 

@@ -1,4 +1,4 @@
-"""Fused-linear losses: the methods of `training.losses` computed from the final hidden states and the LM-head
+"""Fused-linear losses: the methods of `eaft_loss.losses` computed from the final hidden states and the LM-head
 weight, chunk by chunk, without ever materialising the (tokens x vocabulary) logits.
 
     LINEAR_LOSSES[name](hidden, lm_head_weight, labels, num_items_in_batch=None, chunk_size=None,
@@ -8,7 +8,7 @@ weight, chunk by chunk, without ever materialising the (tokens x vocabulary) log
     equals LOSSES[name](hidden @ lm_head_weight.T, labels, num_items_in_batch, stats=stats, **hparams) in value,
     in the gradients w.r.t. hidden and lm_head_weight, and in the gate statistics written to `stats`.
 
-How. Everything per token is `training.losses`' own pipeline; this file only adds the chunking. Only the N
+How. Everything per token is `eaft_loss.losses`' own pipeline; this file only adds the chunking. Only the N
 supervised positions (`losses.supervised_positions`) go through the head.
     First pass, only when the gate declares batch statistics it was not given (`losses.needs`: TALR's median CE,
     Masked SFT's batch quantiles, MiLe's mean weight): forward-only, chunk by chunk, it collects each statistic's
@@ -29,7 +29,7 @@ supervised positions (`losses.supervised_positions`) go through the head.
     masked_sft without precomputed thresholds).
     Not covered: sft_kl. Its KL term needs the frozen reference model's full logits (B, T, V): a fused version
     would have to take the reference hidden states and head too. Training with it and fused_loss=true is an error
-    (see `training.objective`).
+    (see `eaft_loss.objective`).
 
 Chunk size. DEFAULT_CHUNK_SIZE = 512 tokens, from `python -m training.bench --chunk-sweep` at the Qwen3-4B head
 (d 2560, V 151,936, fp32, 2 CPU threads; results/bench/loss_kernels.md). Process CPU time at N = 2,048 relative
@@ -42,8 +42,8 @@ the fixed per-chunk cost is also ~6.2 GB of memory traffic (bf16 W twice, the fp
 products: ~2 ms on an H100) against 1.2 TFLOP of matmuls per 512-token chunk (~2 ms), so larger chunks
 (2,048-4,096) are likely faster there; run the same sweep on the GPU and set `fused_chunk_size`.
 
-Try it:  python -c "import torch; from training.linear_losses import LINEAR_LOSSES; \
-          print(LINEAR_LOSSES['eaft'](torch.randn(2, 5, 16), torch.randn(50, 16), torch.randint(0, 50, (2, 5))))"
+Try it:  python -c "import torch; from eaft_loss import get_linear_loss; \
+          print(get_linear_loss('eaft')(torch.randn(2, 5, 16), torch.randn(50, 16), torch.randint(0, 50, (2, 5))))"
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from functools import partial
 
 import torch
 
-from training.losses import (
+from eaft_loss.losses import (
     GATES,
     Tokens,
     denominator,
@@ -71,7 +71,7 @@ DEFAULT_CHUNK_SIZE = 512
 # temporary product is (block x d), not a second (V x d).
 VOCAB_BLOCK = 16384
 
-# Why a method has no fused version; `training.objective` turns this into the error message.
+# Why a method has no fused version; `eaft_loss.objective` turns this into the error message.
 UNSUPPORTED = {
     "sft_kl": "its KL term needs the frozen reference model's full logits (B, T, V), which a fused loss exists "
               "to avoid; a fused SFT-KL would take the reference hidden states and head as well",
@@ -121,7 +121,7 @@ def _check_per_token(name: str, gate_fn: Callable, tok: Tokens, gate: torch.Tens
         raise ValueError(
             f"the {name!r} gate weighs a token by other tokens of the batch through something it does not declare, "
             "so the fused loss would compute it per chunk: declare that batch statistic on the gate with "
-            "training.losses.needs(BatchStat(...)) (as talr_gate does), or train with fused_loss=false")
+            "eaft_loss.losses.needs(BatchStat(...)) (as talr_gate does), or train with fused_loss=false")
 
 
 def _add_sums(total: dict, part: dict) -> None:
@@ -260,3 +260,11 @@ def _linear(name: str) -> Callable:
 
 
 LINEAR_LOSSES: dict[str, Callable] = {name: _linear(name) for name in GATES}
+
+
+def get_linear_loss(name: str) -> Callable:
+    """LINEAR_LOSSES[name], with an error that says why a method has no fused version or lists the valid names."""
+    if name not in LINEAR_LOSSES:
+        why = UNSUPPORTED.get(name, f"unknown method; fused methods: {', '.join(sorted(LINEAR_LOSSES))}")
+        raise KeyError(f"no fused version of method {name!r}: {why}")
+    return LINEAR_LOSSES[name]
