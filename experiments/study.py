@@ -65,15 +65,15 @@ def check_config(cfg) -> None:
 
 
 def cells(cfg) -> list[dict]:
-    """Every (arm, method, lr, seed) of the profile, seeds outermost so that a partial run covers every arm. A cell
-    group trains on every arm unless it names its `arms`."""
+    """Every (arm, method, lr, seed) of the profile: the cell groups in the profile's order (the first is the one
+    the verdict rests on, so a run cut short has it), within a group seeds outermost so that a partial group covers
+    every arm. A cell group trains on every arm unless it names its `arms`."""
     out = []
-    seeds = sorted({s for c in cfg.study_profile.cells for s in c.seeds})
-    for seed in seeds:
-        for arm in ss.arm_names(cfg):
-            for c in cfg.study_profile.cells:
-                if seed in c.seeds and (not c.get("arms") or arm in c.arms):
-                    out += [{"arm": arm, "method": m, "lr": float(c.lr), "seed": int(seed)} for m in c.methods]
+    for c in cfg.study_profile.cells:
+        for seed in sorted(int(s) for s in c.seeds):
+            for arm in ss.arm_names(cfg):
+                if not c.get("arms") or arm in c.arms:
+                    out += [{"arm": arm, "method": m, "lr": float(c.lr), "seed": seed} for m in c.methods]
     return out
 
 

@@ -256,19 +256,20 @@ def on_policy_rows(model, tokenizer, rows: list[dict], budgets: list[int], batch
 
 def complete_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, retries: int = 0,
                      temperature: float = 1.0, batch_size: int = 8, progress: bool = True,
-                     keep_unended: bool = False) -> tuple[list[dict], dict]:
+                     keep_unended: bool = False, backend: str = "hf") -> tuple[list[dict], dict]:
     """The base model's complete answer to each row's prompt: greedy, to its own end of turn within
     `max_new_tokens`. A row whose greedy answer does not end within the budget (it loops, or runs on) is sampled
     again at `temperature`, with seeds 1..retries, and takes the first sample that ends; a row none of them ends is
     left out (kept as its greedy text with keep_unended, for the tiny random model of the tests, which never ends).
-    Returns (rows, counts: greedy ends, ended by sampling, left out, tokens per answer)."""
+    Returns (rows, counts: greedy ends, ended by sampling, left out, tokens per answer). `model`: an in-memory
+    (model, tokenizer) pair for backend hf, the model's config for backend vllm (which loads it itself)."""
     from common.generation import generate
 
     def ended(text: str) -> bool:  # generation stops at the end-of-turn token; one that ran out of budget did not
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_new_tokens
 
     prompts = [r["messages"][:-1] for r in rows]
-    answers = [o[0] for o in generate((model, tokenizer), prompts, max_new_tokens=max_new_tokens,
+    answers = [o[0] for o in generate(model, prompts, max_new_tokens=max_new_tokens, backend=backend,
                                       batch_size=batch_size, progress=progress)]
     done = [a if ended(a) else None for a in answers]
     greedy = sum(a is not None for a in done)
@@ -276,7 +277,7 @@ def complete_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, re
         todo = [i for i, a in enumerate(done) if a is None]
         if not todo:
             break
-        outs = generate((model, tokenizer), [prompts[i] for i in todo], max_new_tokens=max_new_tokens,
+        outs = generate(model, [prompts[i] for i in todo], max_new_tokens=max_new_tokens, backend=backend,
                         temperature=temperature, seed=seed, batch_size=batch_size, progress=progress)
         for i, (text,) in zip(todo, outs):
             done[i] = text if ended(text) else None
