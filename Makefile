@@ -17,7 +17,7 @@ EXP ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup assets data eval-data precompute train experiments eval tables figures audit demo study bench test \
-        test-slow test-ci vllm-venv bfcl-venv lint clean help
+        test-slow test-ci vllm-venv bfcl-venv lint clean help preflight
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,9 @@ train: $(STAMP) ## make train EXP=table1-eaft (a paper run, see make experiments
 
 experiments: $(STAMP) ## list the paper's named runs (configs/experiment/), for make train EXP=... and slurm/submit.py
 	$(PY) slurm/submit.py --list-experiments
+
+preflight: $(STAMP) ## on a login node: will a grid load every model, data set, config, split and field? make preflight EXP=table2-sft,table2-eaft
+	$(PY) slurm/submit.py --check --experiments $(EXP) $(ARGS)
 
 eval: $(STAMP) ## make eval RUN=<run dir or name> SUITE=math|medical|agent|general|mini
 	$(PY) -m evaluation.evaluate model=$(RUN) suite=$(SUITE) $(ARGS)

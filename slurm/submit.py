@@ -10,6 +10,7 @@
     python slurm/submit.py --experiments table1-sft,table1-eaft --gpus-per-node 8   # named paper runs
     python slurm/submit.py --list-experiments  # the paper's named runs (configs/experiment/)
     python slurm/submit.py ... --dry-run      # print the sbatch commands, submit nothing
+    python slurm/submit.py ... --check        # the preflight only (slurm/preflight.py): will every job's data load?
 
 A named experiment (configs/experiment/<name>.yaml) fixes model, method, data, the paper's trainer and its
 evaluation suite; --experiments groups its runs by data set and model into the same arrays as a grid.
@@ -21,6 +22,9 @@ a GPU grid with a CPU trainer (`use_cpu: true`, e.g. trainer=tiny) is refused be
 Site settings (partition, account, time limits, modules, container) come from slurm/site.local.sh, or the file
 in $EAFT_SITE (see slurm/site.example.sh). A manifest of every job (id, command, dependency) is written to
 <logs>/submit-<time>.json.
+Before anything is queued, the preflight (slurm/preflight.py) resolves every model, data set, config, split and
+field the planned jobs read and counts the agent filter's yield; a problem stops the submission with its fix
+(--no-check queues anyway; --dry-run skips it unless --check is given).
 """
 
 from __future__ import annotations
@@ -275,6 +279,10 @@ def main(argv=None) -> dict:
     p.add_argument("--after", default=None, help="job id(s) the first jobs wait for (afterok), colon-separated")
     p.add_argument("--logs", default="logs")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--check", action="store_true", help="run the preflight only (exit 0 ok, 1 problems, 2 no Hub)")
+    p.add_argument("--no-check", action="store_true", help="queue without the preflight")
+    p.add_argument("--recorded", type=Path, default=None, help="preflight against recorded Hub metadata (a folder)")
+    p.add_argument("--record", type=Path, default=None, help="preflight: save the live Hub's answers (a folder)")
     args = p.parse_args(argv)
     if args.list_experiments:
         for name, what in experiments().items():
@@ -302,6 +310,19 @@ def main(argv=None) -> dict:
                                                   for rs in by_model.values() for r in rs)))
     for model in models:
         check_trainer([*train_common, *model_args[model]], g, f"--train-args/--model-args for {model}")
+
+    if args.check or not (args.dry_run or args.no_check):
+        from preflight import plan_needs, run_preflight
+
+        needs = plan_needs(plan, compose_train, build_data=not args.no_build_data,
+                           data_args=shlex.split(args.data_args), eval_args=shlex.split(args.eval_args),
+                           train_common=train_common)
+        status, report = run_preflight(needs, recorded=args.recorded, record=args.record)
+        print(report, file=sys.stderr if status else sys.stdout)
+        if args.check:
+            raise SystemExit(status)
+        if status:
+            raise SystemExit("nothing was submitted: fix the problems above, or pass --no-check to queue anyway")
 
     s = Submitter(args, env)
     if not args.dry_run:
