@@ -1,7 +1,7 @@
 """Submit a grid of runs (models x methods x seeds) to SLURM as job arrays chained with dependencies:
 
     data (array over shards) -> data finalize -> [precompute, per model] -> train (array per model)
-        -> eval (array per model, task N after train task N) -> tables
+        -> eval (array per model, task N after train task N: the run's checkpoints, then its final model) -> tables
 
     python slurm/submit.py --data math --models qwen3-4b,qwen2.5-32b,glm4-9b \\
         --methods sft,sft_kl,flow,dft,talr,eaft --seeds 42 --suite table1 --gpus-per-node 8 \\
@@ -19,6 +19,10 @@ configs/train.yaml composes (`run_name`), read here by composing the overrides i
 evaluation array knows where each training task writes; a method's `precomputed` key says whether FLOW /
 Masked-SFT need the precompute job. Training uses `trainer=paper` unless --train-args names another trainer, and
 a GPU grid with a CPU trainer (`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted.
+Each run's evaluation is a checkpoint sweep (slurm/sweep.sbatch, evaluation/sweep.py): --eval-checkpoints epoch
+(default) evaluates the last checkpoint of each epoch and the final model, the inputs of the tables' best-checkpoint
+selection (the paper's protocol) and of Fig. 2a; `all` every save; `final` the final model only. Its GPU-hours:
+slurm/gpu_hours.py.
 Site settings (partition, account, time limits, modules, container) come from slurm/site.local.sh, or the file
 in $EAFT_SITE (see slurm/site.example.sh). A manifest of every job (id, command, dependency) is written to
 <logs>/submit-<time>.json.
@@ -267,6 +271,9 @@ def main(argv=None) -> dict:
     p.add_argument("--metrics-dir", default="results/metrics")
     p.add_argument("--tables-dir", default="results/tables")
     p.add_argument("--no-eval-base", action="store_true", help="skip evaluating the base models")
+    p.add_argument("--eval-checkpoints", choices=("epoch", "all", "final"), default="epoch",
+                   help="which checkpoints of each run are evaluated besides its final model (evaluation/sweep.py): "
+                        "the last of each epoch (default), every save, or none")
     p.add_argument("--train-args", default="", help="Hydra overrides for training (and precompute); without "
                                                     f"trainer=NAME, trainer={DEFAULT_TRAINER}")
     p.add_argument("--model-args", action="append", default=[], help='MODEL="overrides": one model only')
@@ -364,9 +371,10 @@ def main(argv=None) -> dict:
                 continue
             eval_common = [f"out_dir={args.metrics_dir}", *shlex.split(args.eval_args)]
             # aftercorr: evaluation task N starts when training task N ends; each run on its own suite
-            evals.append(s.sbatch(f"eval-{model}{tag}", "eval.sbatch", eval_common, after=[train], kind="aftercorr",
-                                  tasks=[[f"model={Path(args.runs_dir) / r['run']}", f"suite={r['suite']}"]
-                                         for r in runs], resources=[*gpus(g), *res["eval"]]))
+            evals.append(s.sbatch(f"eval-{model}{tag}", "sweep.sbatch", eval_common, after=[train], kind="aftercorr",
+                                  tasks=[[f"model={Path(args.runs_dir) / r['run']}", f"suite={r['suite']}",
+                                          f"checkpoints={args.eval_checkpoints}"] for r in runs],
+                                  resources=[*gpus(g), *res["eval"]]))
             if not args.no_eval_base:
                 for suite in suites:
                     evals.append(s.sbatch(f"eval-{model}{tag}-base" + ("" if len(suites) == 1 else f"-{suite}"),
