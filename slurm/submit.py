@@ -23,12 +23,12 @@ Each run's evaluation is a checkpoint sweep (slurm/sweep.sbatch, evaluation/swee
 (default) evaluates the last checkpoint of each epoch and the final model, the inputs of the tables' best-checkpoint
 selection (the paper's protocol) and of Fig. 2a; `all` every save; `final` the final model only. Its GPU-hours:
 slurm/gpu_hours.py.
-Site settings (partition, account, time limits, modules, container) come from slurm/site.local.sh, or the file
-in $EAFT_SITE (see slurm/site.example.sh). A manifest of every job (id, command, dependency) is written to
-<logs>/submit-<time>.json.
 Before anything is queued, the preflight (slurm/preflight.py) resolves every model, data set, config, split and
 field the planned jobs read and counts the agent filter's yield; a problem stops the submission with its fix
 (--no-check queues anyway; --dry-run skips it unless --check is given).
+Site settings (partition, account, time limits, modules, container) come from slurm/site.local.sh, or the file
+in $EAFT_SITE (see slurm/site.example.sh). A manifest of every job (id, command, dependency) is written to
+<logs>/submit-<time>.json.
 """
 
 from __future__ import annotations
