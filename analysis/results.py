@@ -22,7 +22,9 @@ scores finite accuracies, which would otherwise be averaged with its healthy see
 
 Checkpoint selection (`select_checkpoints`): "final" keeps each run's last evaluated step; "best" keeps the step
 with the best mean over all evaluated benchmarks, the paper's protocol (docs/paper.md, "Published settings"),
-which selects on the test sets.
+which selects on the test sets. The step each run kept is its `checkpoint` ("step N of M evaluated"), carried by
+`seed_means` into every table row (`checkpoints`). The steps come from the checkpoint sweep (evaluation/sweep.py,
+what slurm/submit.py queues): results/metrics/<run>/checkpoint-N/ and the final model's results/metrics/<run>/.
 """
 
 from __future__ import annotations
@@ -190,18 +192,20 @@ def select_checkpoints(df: pd.DataFrame, how: str = "best") -> pd.DataFrame:
     if how not in ("best", "final"):
         raise ValueError(f"select must be 'best' or 'final', got {how!r}")
     if df.empty:
-        return df.assign(selection=pd.Series(dtype=str))
+        return df.assign(selection=pd.Series(dtype=str), checkpoint=pd.Series(dtype=str))
     # A result without a step is the final model: order it after every numbered step.
     order = df["step"].astype("float").fillna(float("inf"))
     keep = []
     for run, g in df.assign(_order=order).groupby("run", sort=False):
+        n = g["_order"].nunique()
         if how == "final":
-            keep.append(g[g["_order"] == g["_order"].max()])
-            continue
-        scores = averaged(g).groupby("_order")["value"].agg(["mean", "count"])
-        full = scores[scores["count"] == scores["count"].max()] if not scores.empty else scores
-        best = full["mean"].idxmax() if not full.empty else g["_order"].max()
-        keep.append(g[g["_order"] == best])
+            chosen = g["_order"].max()
+        else:
+            scores = averaged(g).groupby("_order")["value"].agg(["mean", "count"])
+            full = scores[scores["count"] == scores["count"].max()] if not scores.empty else scores
+            chosen = full["mean"].idxmax() if not full.empty else g["_order"].max()
+        step = "final" if chosen == float("inf") else f"step {int(chosen)}"
+        keep.append(g[g["_order"] == chosen].assign(checkpoint=f"{step} of {n} evaluated"))
     label = {"best": "best mean over all evaluated benchmarks (the paper's selection, made on the test sets)",
              "final": "final checkpoint"}[how]
     return pd.concat(keep).drop(columns="_order").assign(selection=label)
@@ -225,8 +229,13 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     d = with_base_in_every_profile(df) if len(df) else df
     # A base model belongs to no target domain: it is the row every domain's table compares against.
     d = d.assign(target_domain=d["target_domain"].where(d["method"] != "base", "*"))
+    if "checkpoint" not in d:
+        d = d.assign(checkpoint=None)
+    d = d.assign(_ckpt=[(f"seed {int(s) if float(s).is_integer() else s}: {c}" if pd.notna(s) else c)
+                        if isinstance(c, str) else None for s, c in zip(d["seed"], d["checkpoint"])])
     return (d.groupby(keys, dropna=False)
-             .agg(value=("value", "mean"), n_seeds=("run", "nunique"), runs=("run", lambda r: ",".join(sorted(set(r)))))
+             .agg(value=("value", "mean"), n_seeds=("run", "nunique"), runs=("run", lambda r: ",".join(sorted(set(r)))),
+                  checkpoints=("_ckpt", lambda c: "; ".join(sorted({x for x in c if isinstance(x, str)}))))
              .reset_index())
 
 

@@ -10,7 +10,8 @@ Writes to results/tables/ (config: configs/analysis_tables.yaml):
     ours.{md,tex}     every (model, target domain, method) we evaluated, whatever the benchmarks (e.g. SmolLM2)
     paper_consistency.md   every printed average and delta of the paper checked against its cells
 Our numbers: per run one checkpoint (`select`, default "best": the paper's selection on the test sets, labelled
-as such in every table), then the mean over seeds.
+as such in every table; `select=final` the last), then the mean over seeds; each row's note names the step every
+seed used ("seed 1: step 1200 of 11 evaluated").
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def ours_cells(ours: pd.DataFrame, model: str, domain: str, method: str, profile
     sel &= ours["profile"].isna() if profile is None or pd.isna(profile) else ours["profile"] == profile
     sel &= (ours["target_domain"] == "*") if method == "base" else (ours["target_domain"] == domain)
     d = averaged(ours[sel])
-    return {"values": dict(zip(d["benchmark"], d["value"])), "n_seeds": int(d["n_seeds"].max()) if len(d) else 0}
+    ckpts = sorted(set("; ".join(d["checkpoints"]).split("; ")) - {""}) if "checkpoints" in d else []
+    return {"values": dict(zip(d["benchmark"], d["value"])), "n_seeds": int(d["n_seeds"].max()) if len(d) else 0,
+            "checkpoints": ckpts}
 
 
 def profiles_of(ours: pd.DataFrame, model: str) -> list:
@@ -94,6 +97,8 @@ def build_table(lay: Layout, artifact: str, paper: pd.DataFrame, ours: pd.DataFr
                                             for r in bad.itertuples())
                 elif got["n_seeds"]:
                     row["note"] = f"{got['n_seeds']} seed(s)"
+                    if method != "base" and got["checkpoints"]:  # which checkpoint each seed's row used
+                        row["note"] += f"; {'; '.join(got['checkpoints'])}"
                 rows.append(row)
     return pd.DataFrame(rows)
 

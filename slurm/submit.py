@@ -1,7 +1,7 @@
 """Submit a grid of runs (models x methods x seeds) to SLURM as job arrays chained with dependencies:
 
     data (array over shards) -> data finalize -> [precompute, per model] -> train (array per model)
-        -> eval (array per model, task N after train task N) -> tables
+        -> eval (array per model, task N after train task N: the run's checkpoints, then its final model) -> tables
 
     python slurm/submit.py --data math --models qwen3-4b,qwen2.5-32b,glm4-9b \\
         --methods sft,sft_kl,flow,dft,talr,eaft --seeds 42 --suite table1 --gpus-per-node 8 \\
@@ -10,6 +10,7 @@
     python slurm/submit.py --experiments table1-sft,table1-eaft --gpus-per-node 8   # named paper runs
     python slurm/submit.py --list-experiments  # the paper's named runs (configs/experiment/)
     python slurm/submit.py ... --dry-run      # print the sbatch commands, submit nothing
+    python slurm/submit.py ... --check        # the preflight only (slurm/preflight.py): will every job's data load?
 
 A named experiment (configs/experiment/<name>.yaml) fixes model, method, data, the paper's trainer and its
 evaluation suite; --experiments groups its runs by data set and model into the same arrays as a grid.
@@ -18,6 +19,13 @@ configs/train.yaml composes (`run_name`), read here by composing the overrides i
 evaluation array knows where each training task writes; a method's `precomputed` key says whether FLOW /
 Masked-SFT need the precompute job. Training uses `trainer=paper` unless --train-args names another trainer, and
 a GPU grid with a CPU trainer (`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted.
+Each run's evaluation is a checkpoint sweep (slurm/sweep.sbatch, evaluation/sweep.py): --eval-checkpoints epoch
+(default) evaluates the last checkpoint of each epoch and the final model, the inputs of the tables' best-checkpoint
+selection (the paper's protocol) and of Fig. 2a; `all` every save; `final` the final model only. Its GPU-hours:
+slurm/gpu_hours.py.
+Before anything is queued, the preflight (slurm/preflight.py) resolves every model, data set, config, split and
+field the planned jobs read and counts the agent filter's yield; a problem stops the submission with its fix
+(--no-check queues anyway; --dry-run skips it unless --check is given).
 Site settings (partition, account, time limits, modules, container) come from slurm/site.local.sh, or the file
 in $EAFT_SITE (see slurm/site.example.sh). A manifest of every job (id, command, dependency) is written to
 <logs>/submit-<time>.json.
@@ -263,6 +271,9 @@ def main(argv=None) -> dict:
     p.add_argument("--metrics-dir", default="results/metrics")
     p.add_argument("--tables-dir", default="results/tables")
     p.add_argument("--no-eval-base", action="store_true", help="skip evaluating the base models")
+    p.add_argument("--eval-checkpoints", choices=("epoch", "all", "final"), default="epoch",
+                   help="which checkpoints of each run are evaluated besides its final model (evaluation/sweep.py): "
+                        "the last of each epoch (default), every save, or none")
     p.add_argument("--train-args", default="", help="Hydra overrides for training (and precompute); without "
                                                     f"trainer=NAME, trainer={DEFAULT_TRAINER}")
     p.add_argument("--model-args", action="append", default=[], help='MODEL="overrides": one model only')
@@ -275,6 +286,10 @@ def main(argv=None) -> dict:
     p.add_argument("--after", default=None, help="job id(s) the first jobs wait for (afterok), colon-separated")
     p.add_argument("--logs", default="logs")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--check", action="store_true", help="run the preflight only (exit 0 ok, 1 problems, 2 no Hub)")
+    p.add_argument("--no-check", action="store_true", help="queue without the preflight")
+    p.add_argument("--recorded", type=Path, default=None, help="preflight against recorded Hub metadata (a folder)")
+    p.add_argument("--record", type=Path, default=None, help="preflight: save the live Hub's answers (a folder)")
     args = p.parse_args(argv)
     if args.list_experiments:
         for name, what in experiments().items():
@@ -302,6 +317,19 @@ def main(argv=None) -> dict:
                                                   for rs in by_model.values() for r in rs)))
     for model in models:
         check_trainer([*train_common, *model_args[model]], g, f"--train-args/--model-args for {model}")
+
+    if args.check or not (args.dry_run or args.no_check):
+        from preflight import plan_needs, run_preflight
+
+        needs = plan_needs(plan, compose_train, build_data=not args.no_build_data,
+                           data_args=shlex.split(args.data_args), eval_args=shlex.split(args.eval_args),
+                           train_common=train_common)
+        status, report = run_preflight(needs, recorded=args.recorded, record=args.record)
+        print(report, file=sys.stderr if status else sys.stdout)
+        if args.check:
+            raise SystemExit(status)
+        if status:
+            raise SystemExit("nothing was submitted: fix the problems above, or pass --no-check to queue anyway")
 
     s = Submitter(args, env)
     if not args.dry_run:
@@ -343,9 +371,10 @@ def main(argv=None) -> dict:
                 continue
             eval_common = [f"out_dir={args.metrics_dir}", *shlex.split(args.eval_args)]
             # aftercorr: evaluation task N starts when training task N ends; each run on its own suite
-            evals.append(s.sbatch(f"eval-{model}{tag}", "eval.sbatch", eval_common, after=[train], kind="aftercorr",
-                                  tasks=[[f"model={Path(args.runs_dir) / r['run']}", f"suite={r['suite']}"]
-                                         for r in runs], resources=[*gpus(g), *res["eval"]]))
+            evals.append(s.sbatch(f"eval-{model}{tag}", "sweep.sbatch", eval_common, after=[train], kind="aftercorr",
+                                  tasks=[[f"model={Path(args.runs_dir) / r['run']}", f"suite={r['suite']}",
+                                          f"checkpoints={args.eval_checkpoints}"] for r in runs],
+                                  resources=[*gpus(g), *res["eval"]]))
             if not args.no_eval_base:
                 for suite in suites:
                     evals.append(s.sbatch(f"eval-{model}{tag}-base" + ("" if len(suites) == 1 else f"-{suite}"),

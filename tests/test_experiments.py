@@ -117,8 +117,9 @@ def test_submit_lists_and_submits_experiments(tmp_path, monkeypatch, capsys):
                           "train-qwen3-4b-thinking-medical", "eval-qwen3-4b-thinking-medical",
                           "eval-qwen3-4b-thinking-medical-base", "tables"]
     assert jobs["train-qwen3-4b-math"]["tasks"] == [["experiment=table1-sft"], ["experiment=table1-eaft"]]
-    assert jobs["eval-qwen3-4b-math"]["tasks"] == [["model=runs/qwen3-4b-math-sft-s42", "suite=table1"],
-                                                   ["model=runs/qwen3-4b-math-eaft-s42", "suite=table1"]]
+    assert jobs["eval-qwen3-4b-math"]["tasks"] == [  # each run's checkpoint sweep (evaluation/sweep.py)
+        ["model=runs/qwen3-4b-math-sft-s42", "suite=table1", "checkpoints=epoch"],
+        ["model=runs/qwen3-4b-math-eaft-s42", "suite=table1", "checkpoints=epoch"]]
     assert "data=medical" in jobs["train-qwen3-4b-thinking-medical"]["command"]
     with pytest.raises(SystemExit, match="no configs/experiment/table9-eaft.yaml"):
         submit.main(["--experiments", "table9-eaft", "--logs", str(tmp_path), "--dry-run"])

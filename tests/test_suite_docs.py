@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 DOC = REPO / "docs" / "tests.md"
-TIERS = ("slow", "integration", "distributed", "slurm", "vllm", "bfcl")
+TIERS = ("slow", "integration", "distributed", "slurm", "vllm", "bfcl", "rehearsal")
 
 
 def _mark(node) -> str | None:

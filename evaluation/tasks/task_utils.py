@@ -1,10 +1,32 @@
-"""Prompt functions of this repository's own lm-eval tasks (cluewsc.yaml, medqa_local.yaml in this folder).
+"""Prompt functions of this repository's own lm-eval tasks (cluewsc.yaml, medqa_local.yaml, pubmedqa_test_fold.yaml).
 
 lm-eval imports this file by path through the YAMLs' `!function task_utils.<name>` entries; it is not imported
 by anything else. Run a task with `python -m evaluation.evaluate model=<run> benchmarks=[cluewsc]`.
 """
 
 LETTERS = "ABCDEFGHIJ"
+PUBMEDQA_CHOICES = ["yes", "no", "maybe"]
+
+
+def _pubmedqa(doc) -> tuple[str, list, str]:
+    """(question, contexts, answer text) of a row in either PubMedQA format (pubmedqa_test_fold.yaml)."""
+    if isinstance(doc.get("data"), dict):  # openlifescienceai/pubmedqa
+        d = doc["data"]
+        options, key = d["Options"], d["Correct Option"]
+        return d["Question"], list(d["Context"]), str(options.get(key, key))
+    return doc["QUESTION"], list(doc["CONTEXTS"]), str(doc["final_decision"])
+
+
+def pubmedqa_doc_to_text(doc) -> str:
+    question, contexts, _ = _pubmedqa(doc)
+    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(contexts), question)  # lm-eval's pubmedqa prompt
+
+
+def pubmedqa_doc_to_target(doc) -> int:
+    answer = _pubmedqa(doc)[2].strip().lower()
+    if answer not in PUBMEDQA_CHOICES:
+        raise ValueError(f"PubMedQA answer must be one of {PUBMEDQA_CHOICES}, got {answer!r}")
+    return PUBMEDQA_CHOICES.index(answer)
 
 
 def cluewsc_doc_to_text(doc) -> str:

@@ -1,0 +1,173 @@
+"""The CPU rehearsal of the paper's configurations (`make rehearsal`, tier `rehearsal`): every configs/experiment/
+file composed exactly as a cluster job composes it, with only the weights replaced by a miniature of the same
+architecture (tools/miniature.py: class, config keys, tied or untied head, vocabulary, real chat template, random
+weights), the data by a miniature of the same domain's format built by the real pipeline (math with its reference
+teacher and math-verify, medical with its reasoning in the thinking template, agent tool calls), and the sizes
+(steps, global batch) made small. On the CPU the paper trainer needs `use_cpu: true` for bf16; nothing else of it
+changes (ZeRO-3, bf16, gradient checkpointing, cosine with warm-up, AdamW, clipping).
+
+1. each miniature keeps its real model's architecture facts and chat template;
+2. one experiment of each table and each architecture family (Qwen3-4B-Instruct: Tables 1 and 3, Qwen3-4B-Thinking:
+   Table 2, GLM-4-9B, Qwen2.5-32B) trains two optimizer steps through torchrun on 2 CPU ranks under DeepSpeed
+   ZeRO-3, saving a checkpoint at each step;
+3. every other experiment takes an optimizer step on its miniature (one torchrun process, a Hydra multirun), FLOW and
+   Masked SFT after the precompute pass they need.
+
+    .venv/bin/python -m pytest -m rehearsal tests/test_rehearsal.py       (make rehearsal)
+
+Needs g++ for DeepSpeed's JIT CPU op (component `distributed`, as tests/test_distributed.py).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import need
+from tests.test_data_build import FIX, make_cfg, math_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.rehearsal
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+# one experiment of each table and each architecture family
+REPRESENTATIVES = ["table1-eaft", "table2-eaft", "table3-eaft", "table1-glm4-9b-eaft", "table1-qwen2.5-32b-eaft"]
+# Found by this rehearsal: the fused loss under ZeRO-3 on 2 ranks crashes in backward when the head is not tied to
+# the embedding (GLM-4-9B, Qwen2.5-32B): "The size of tensor a (0) must match the size of tensor b (64)", the
+# gathered head weight's gradient meeting its empty local partition (training/objective.py `_gathered`; its ZeRO-3
+# test covers a tied head only). Strict: these start passing, and fail as XPASS, once that is fixed.
+UNTIED_FUSED = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "fused loss + ZeRO-3 + untied head crashes in backward (training/objective.py); see the comment above"))
+UNTIED = [e for e in REPRESENTATIVES if "glm4" in e or "qwen2.5" in e]   # tie_word_embeddings: false
+RUNS = [pytest.param(e, [], marks=UNTIED_FUSED if e in UNTIED else (), id=e) for e in REPRESENTATIVES]
+RUNS += [pytest.param(e, ["fused_loss=false"], id=f"{e}-unfused") for e in UNTIED]
+MINI_MODELS = REPO / "data" / "rehearsal" / "models"  # git-ignored; rebuilt only when a recipe changes
+
+
+def experiment(name: str) -> dict:
+    """{model, data, method} an experiment file composes (its defaults list)."""
+    text = (REPO / "configs" / "experiment" / f"{name}.yaml").read_text()
+    out = {}
+    for key in ("model", "method", "data"):
+        out[key] = next(line.split(":")[1].strip() for line in text.splitlines()
+                        if line.strip().startswith(f"- override /{key}:"))
+    return out
+
+
+def tied(model: str) -> bool:
+    return OmegaConf.load(REPO / "configs/model" / f"{model}.yaml").architecture.tie_word_embeddings
+
+
+@pytest.fixture(scope="module")
+def minis() -> Path:
+    need("distributed", shutil.which("g++") is not None, "g++ is needed for DeepSpeed's JIT CPU op")
+    sys.path.insert(0, str(REPO / "tools"))
+    import miniature
+
+    for model in sorted({experiment(e)["model"] for e in EXPERIMENTS}):
+        miniature.build(model, MINI_MODELS)
+    return MINI_MODELS
+
+
+@pytest.fixture(scope="module")
+def mini_data(minis, tmp_path_factory) -> Path:
+    """<root>/<data>/train.jsonl for math, medical and agent, built by data_pipeline.build from the source fixtures
+    (each source's published format), lengths measured with the miniature's tokenizer, its real template."""
+    from data_pipeline.build import main
+
+    root = tmp_path_factory.mktemp("mini-data")
+    main(math_cfg(root / "math", tokenizer=str(minis / "qwen3-4b"), **{"select.n_train": 4}))
+    med = [{"name": "medical-o1-en", "adapter": "medical_o1", "loader": "hf", "path": "json", "split": "train",
+            "data_files": str(FIX / "medical_o1_sft_en.json")}]
+    main(make_cfg("medical", root / "medical", sources=med, tokenizer=str(minis / "qwen3-4b-thinking"),
+                  max_length=4096))
+    agent = [{"name": n, "adapter": "nemotron_agentic", "loader": "jsonl", "path": str(FIX / f),
+              "options": {"non_thinking": "strip"}}
+             for n, f in [("tc", "nemotron_agentic_tool_calling.jsonl"), ("ia", "nemotron_agentic_interactive_agent.jsonl")]]
+    main(make_cfg("agent", root / "agent", ["allow_short=true"], sources=agent, tokenizer=str(minis / "qwen3-4b"),
+                  max_length=4096))
+    return root
+
+
+def torchrun(nproc: int, module: str, *overrides: str, port: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={port}",
+           "-m", module, *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def cluster_overrides(minis: Path, data: Path, out: Path, steps: int, nproc: int) -> list[str]:
+    """What replaces the weights, the data and the sizes; the experiment file composes everything else."""
+    return [f"model.name_or_path={minis}/${{model.name}}", f"data.train_file={data}/${{data.name}}/train.jsonl",
+            f"out_dir={out}", f"++trainer.max_steps={steps}", f"global_batch_size={nproc}", "++trainer.use_cpu=true",
+            "trainer.dataloader_num_workers=0", "trainer.save_steps=1"]
+
+
+def test_miniatures_keep_the_real_architecture(minis):
+    from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+    for model in ("qwen3-4b", "qwen3-4b-thinking", "qwen2.5-32b", "glm4-9b"):
+        arch = OmegaConf.to_container(OmegaConf.load(REPO / "configs/model" / f"{model}.yaml"))["architecture"]
+        cfg = json.loads((minis / model / "config.json").read_text())
+        assert cfg["model_type"] == arch["model_type"] and cfg["tie_word_embeddings"] == arch["tie_word_embeddings"]
+        # every key the architecture's config class adds to the generic ones is written, as in the real config.json
+        own_keys = set(AutoConfig.for_model(arch["model_type"]).to_dict()) - set(PretrainedConfig().to_dict())
+        assert own_keys <= set(cfg), (model, own_keys - set(cfg))
+        assert type(AutoConfig.from_pretrained(minis / model)).__name__.lower().startswith(
+            arch["model_type"].replace(".", ""))
+        assert cfg["num_key_value_heads"] < cfg["num_attention_heads"]  # grouped-query attention, as the real one
+        tok = AutoTokenizer.from_pretrained(minis / model)
+        assert tok.chat_template == (REPO / arch["chat_template"]).read_text()
+        assert cfg["vocab_size"] >= len(tok) and (cfg["vocab_size"] == arch["vocab_size"] or model == "glm4-9b")
+        text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
+        ids = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        assert tok.decode(ids) == text  # every special token of the template is one token of the tokenizer
+        if model == "glm4-9b":
+            assert text.startswith("[gMASK]<sop><|user|>\n2+2?") and text.endswith("<|assistant|>")
+        elif model == "qwen3-4b-thinking":
+            assert text.endswith("<|im_start|>assistant\n<think>\n")
+        else:
+            assert text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("name, extra", RUNS)
+def test_one_experiment_per_table_and_architecture_trains_on_two_ranks(name, extra, minis, mini_data, tmp_path):
+    out = tmp_path / "runs"
+    torchrun(2, "training.train", f"experiment={name}", *cluster_overrides(minis, mini_data, out, 2, 2), *extra,
+             port=29400 + REPRESENTATIVES.index(name) + 10 * bool(extra))
+    e = experiment(name)
+    run = out / f"{e['model']}-{e['data']}-{e['method']}-s42"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["finished"] and info["world_size"] == 2 and info["global_step"] == 2, info
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.deepspeed.zero_optimization.stage == 3 and cfg.trainer.bf16 and cfg.trainer.gradient_checkpointing
+    assert cfg.trainer.lr_scheduler_type == "cosine" and cfg.trainer.learning_rate == 1.0e-5 and cfg.profile == "paper"
+    assert (run / "checkpoint-1" / "checkpoint_complete.json").exists() and (run / "final" / "config.json").exists()
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "loss" in s] == [1, 2]
+
+
+def test_every_other_experiment_takes_an_optimizer_step(minis, mini_data, tmp_path):
+    others = [e for e in EXPERIMENTS if e not in REPRESENTATIVES]
+    for model in sorted({experiment(e)["model"] for e in others
+                         if experiment(e)["method"] in ("flow", "masked_sft")}):  # the base-model pass first
+        torchrun(1, "training.precompute", f"model={model}", "data=math", "method=masked_sft",
+                 f"model.name_or_path={minis}/{model}", f"data.train_file={mini_data}/math/train.jsonl", port=29420)
+    out = tmp_path / "runs"
+    # the untied heads (GLM-4, Qwen2.5) with fused_loss=false: the fused ZeRO-3 crash above hits them on 1 rank too
+    untied = [e for e in others if not tied(experiment(e)["model"])]
+    for group, extra in (([e for e in others if e not in untied], []), (untied, ["fused_loss=false"])):
+        torchrun(1, "training.train", "-m", f"experiment={','.join(group)}",
+                 *cluster_overrides(minis, mini_data, out, 1, 1), *extra, port=29421 + bool(extra))
+    for e in others:
+        x = experiment(e)
+        info = json.loads((out / f"{x['model']}-{x['data']}-{x['method']}-s42" / "run_info.json").read_text())
+        assert info["finished"] and info["global_step"] == 1, (e, info)
