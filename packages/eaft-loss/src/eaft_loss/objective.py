@@ -19,8 +19,11 @@ Fused loss (`fused=True`; in this repository `fused_loss: auto|true|false` in co
 last hidden state (transformers ties `hidden_states[-1]` to the final-norm output, lm_head's input) and lm_head's
 weight, chunk by chunk, and the full (B, T, V) logits never exist. Tied embeddings: lm_head.weight IS the embedding
 Parameter, handed to the loss once, so its gradient is the embedding's plus the head's, as without fusion.
-DeepSpeed ZeRO-3: the head weight is gathered (`deepspeed.zero.GatheredParameters`) for the duration of the loss
-only; the fused loss computes its weight gradient inside that forward, so backward needs no gathered weight.
+DeepSpeed ZeRO-3: the fused loss runs as lm_head's own forward (the head module is called with the hidden states
+and, for that call only, computes the loss), so ZeRO-3's module hooks gather the partitioned weight for the forward,
+gather it again for the backward and reduce its gradient as for any layer, tied to the embedding or not. (Gathering
+it by hand for the forward alone worked for a tied head only: an untied head's gradient then met its empty local
+partition in backward, found by the CPU rehearsal of GLM-4 and Qwen2.5, tests/test_rehearsal.py.)
 TRL's SFTTrainer runs a second forward with `fused_lm_head=True` for its own entropy and accuracy metrics; the hook
 leaves that call alone.
 
@@ -33,7 +36,6 @@ Try it:  python -m pytest tests/test_trainers.py -q      (in the eaft-repro repo
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections import defaultdict
 
@@ -87,21 +89,26 @@ def check_hparams(method: str, hparams: dict) -> None:
                          f"{', '.join(known) or 'none'}")
 
 
-_SAID_GATHER = False
+_SAID_ZERO3 = False
 
 
-def _gathered(weight: torch.Tensor):
-    """ZeRO-3 partitions parameters outside their module's forward: gather the head weight for the loss."""
-    global _SAID_GATHER
-    if hasattr(weight, "ds_id"):
-        import deepspeed
-
-        if not _SAID_GATHER:
-            print(f"[objective] fused loss: gathering the ZeRO-3 partitioned head weight "
-                  f"{tuple(weight.ds_shape)} for each loss call", flush=True)
-            _SAID_GATHER = True
-        return deepspeed.zero.GatheredParameters([weight], modifier_rank=None)
-    return contextlib.nullcontext()
+def _as_head_forward(head: torch.nn.Module, hidden: torch.Tensor, loss_of_weight) -> torch.Tensor:
+    """loss_of_weight(hidden, head.weight). Under ZeRO-3 (a partitioned weight) it is computed as `head`'s forward:
+    the module is called with its forward swapped for this one call, so ZeRO-3's hooks on it gather the weight for
+    the forward and for the backward and reduce its gradient. Elsewhere it is a plain call (no hook on the head
+    sees the loss)."""
+    global _SAID_ZERO3
+    if not hasattr(head.weight, "ds_id"):
+        return loss_of_weight(hidden, head.weight)
+    if not _SAID_ZERO3:
+        print(f"[objective] fused loss: gathering the ZeRO-3 partitioned head weight {tuple(head.weight.ds_shape)} "
+              "through the head module's own hooks for each loss call", flush=True)
+        _SAID_ZERO3 = True
+    head.forward = lambda h: loss_of_weight(h, head.weight)
+    try:
+        return head(hidden)
+    finally:
+        del head.forward  # the class's forward again
 
 
 class Objective:
@@ -179,11 +186,13 @@ class Objective:
                 raise ValueError("fused=True needs objective.attach(model) before training: without its hook the "
                                  "model computes the full logits and returns no hidden states")
             hidden = outputs["hidden_states"][-1]  # (B, T, d) after the final norm: lm_head's input
-            weight = self._head.weight  # (V, d); the embedding Parameter itself when tied
-            with _gathered(weight):
-                loss = LINEAR_LOSSES[self.method](hidden, weight, labels, num_items_in_batch=num_items_in_batch,
-                                                  chunk_size=self.chunk_size, stats=stats, **self.hparams,
-                                                  **self._extras)
+            extras = self._extras
+
+            def fused(h, weight):  # weight (V, d): the embedding Parameter itself when tied
+                return LINEAR_LOSSES[self.method](h, weight, labels, num_items_in_batch=num_items_in_batch,
+                                                  chunk_size=self.chunk_size, stats=stats, **self.hparams, **extras)
+
+            loss = _as_head_forward(self._head, hidden, fused)
         else:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             if logits is None:
