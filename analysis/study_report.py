@@ -227,7 +227,8 @@ def within_margin_note(p: dict) -> str | None:
 
 # ---- each method against SFT (descriptive) -------------------------------------------------------------------
 
-VERSUS_SFT = (("kl_to_base", DRIFT, False, +1), ("knowledge_retention", PROBE, True, -1),
+VERSUS_SFT = (("kl_to_base", DRIFT, False, +1), ("base_answer_nll", DRIFT, False, +1),
+              ("knowledge_retention", PROBE, True, -1),
               ("target_gain", TARGET, False, -1))  # (key, benchmark, per item, sign: -1 turns an NLL into a gain)
 
 
@@ -246,8 +247,9 @@ def versus_sft(loaded: dict, runs: dict[str, dict], main_lr: float, arm_order: l
                 continue
             row = {"arm": arm, "method": m, "seeds": len(seeds)}
             for key, bench, per_item, sign in VERSUS_SFT:
+                which = "base_answer_nll" if key == "base_answer_nll" else None
                 agg = seed_mean([contrast(loaded, {run[(arm, m, s)]: float(sign), run[(arm, "sft", s)]: -float(sign)},
-                                          bench, per_item) for s in seeds])
+                                          bench, per_item, which) for s in seeds])
                 row[key] = agg and agg["value"]
                 row[key + "_se"] = agg and max((x for x in (agg["se"], agg["se_seeds"]) if x is not None),
                                                default=None)
@@ -469,9 +471,10 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
                "over seeds (one-seed rows: the item SE, which holds no training noise). A negative KL difference "
                "and a positive retention or target-gain difference favour the method. Added after the full study "
                "had run (results/LOG.md, 2026-12-03): the predictions compare how drift changes between arms, this "
-               "shows where each method stands against SFT on each arm."), "",
-              "| arm | conflict share | method | seeds | KL to base Δ | knowledge retention Δ | target gain Δ |",
-              "|---|---|---|---|---|---|---|"]
+               "shows where each method stands against SFT on each arm. The base-answer NLL column (the secondary "
+               "drift measure; negative favours the method) was added on 2026-12-07."), "",
+              ("| arm | conflict share | method | seeds | KL to base Δ | base-answer NLL Δ | knowledge retention Δ | "
+               "target gain Δ |"), "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {100 * share[r['arm']]:.2f}% | {r['method']} | {r['seeds']} | "
               + " | ".join(fmt(r[k], r[k + "_se"]) for k, *_ in VERSUS_SFT) + " |" for r in vs_sft]
     lines += ["", "## Open questions on the base model (natural arm, temperature-scaled logits)", "",

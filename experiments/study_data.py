@@ -254,6 +254,9 @@ def on_policy_rows(model, tokenizer, rows: list[dict], budgets: list[int], batch
     return [with_response(r, t) for r, t in zip(rows, texts)]
 
 
+ENDED_MARGIN = 8  # tokens: see complete_answers.ended
+
+
 def complete_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, retries: int = 0,
                      temperature: float = 1.0, batch_size: int = 8, progress: bool = True,
                      keep_unended: bool = False, backend: str = "hf") -> tuple[list[dict], dict]:
@@ -265,8 +268,11 @@ def complete_answers(model, tokenizer, rows: list[dict], max_new_tokens: int, re
     (model, tokenizer) pair for backend hf, the model's config for backend vllm (which loads it itself)."""
     from common.generation import generate
 
-    def ended(text: str) -> bool:  # generation stops at the end-of-turn token; one that ran out of budget did not
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_new_tokens
+    def ended(text: str) -> bool:
+        """Generation stops at the end-of-turn token, or at the budget. The text comes back decoded, and an answer cut
+        at the budget can re-tokenise a token or two shorter than it was generated (four cut answers came back as 767
+        of 768 tokens): an answer counts as ended only when it is at least ENDED_MARGIN tokens inside the budget."""
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_new_tokens - ENDED_MARGIN
 
     prompts = [r["messages"][:-1] for r in rows]
     answers = [o[0] for o in generate(model, prompts, max_new_tokens=max_new_tokens, backend=backend,

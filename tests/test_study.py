@@ -189,21 +189,23 @@ def test_on_policy_answers_are_complete_greedy_first_then_sampled_retries(monkey
         out = []
         for conv in prompts:
             q = conv[-1]["content"]
-            ends = {"short": True, "long": seed >= 2, "never": False}[q]  # "long" ends on the 2nd sample
-            out.append([("w " * (3 if ends else max_new_tokens)).strip()])
+            ends = {"short": True, "long": seed >= 2, "never": False, "cut": False}[q]  # "long": on the 2nd sample
+            # a cut answer can re-tokenise a little shorter than the budget it was generated to: still not ended
+            n = 3 if ends else max_new_tokens - (1 if q == "cut" else 0)
+            out.append([("w " * n).strip()])
         return out
 
     monkeypatch.setattr(generation, "generate", fake)
     rows = [{"id": q, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "ref"}]}
-            for q in ("short", "long", "never")]
-    kept, counts = sd.complete_answers(None, Tok(), rows, max_new_tokens=10, retries=3)
+            for q in ("short", "long", "never", "cut")]
+    kept, counts = sd.complete_answers(None, Tok(), rows, max_new_tokens=20, retries=3)
     assert [r["id"] for r in kept] == ["short", "long"] and all(r["messages"][-1]["content"] == "w w w" for r in kept)
-    assert (counts["greedy_ended"], counts["sampled_ended"], counts["left_out"]) == (1, 1, ["never"])
+    assert (counts["greedy_ended"], counts["sampled_ended"], counts["left_out"]) == (1, 1, ["never", "cut"])
     assert counts["answer_tokens"] == {"mean": 3.0, "max": 3}
-    with pytest.raises(ValueError, match="none of 1 answers ended within 10 tokens"):
-        sd.complete_answers(None, Tok(), rows[2:], max_new_tokens=10, retries=1)
-    kept, _ = sd.complete_answers(None, Tok(), rows[2:], max_new_tokens=10, keep_unended=True)
-    assert len(kept) == 1  # the tiny random model's profile keeps what it generated
+    with pytest.raises(ValueError, match="none of 2 answers ended within 20 tokens"):
+        sd.complete_answers(None, Tok(), rows[2:], max_new_tokens=20, retries=1)
+    kept, _ = sd.complete_answers(None, Tok(), rows[2:], max_new_tokens=20, keep_unended=True)
+    assert len(kept) == 2  # the tiny random model's profile keeps what it generated
 
 
 def test_the_committed_facts_are_well_formed_and_the_disjointness_rule_catches_statements():
