@@ -13,8 +13,13 @@ import pytest
 
 from tests.conftest import REPO, need
 
-IGNORE = shutil.ignore_patterns(".git", ".venv*", "runs", "data", "outputs", "multirun", "__pycache__", "*.egg-info",
-                                ".pytest_cache", ".ruff_cache")
+
+def checkout_files() -> list[str]:
+    """What a fresh clone holds: tracked files plus new ones git does not ignore (a name-pattern copy would also drop
+    configs/data/, which is not the top-level data/)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +27,9 @@ def clone(tmp_path_factory) -> Path:
     need("smollm2", (REPO / "data/assets/smollm2-135m-instruct/config.json").exists(),
          "run `make assets` to build the SmolLM2 folder")
     dest = tmp_path_factory.mktemp("clone") / "repo"
-    shutil.copytree(REPO, dest, ignore=IGNORE)
+    for name in checkout_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
     (dest / "data").symlink_to(REPO / "data")
     return dest
 
