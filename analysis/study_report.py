@@ -25,7 +25,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from analysis.demo_report import item_pairs, load_run, require_same_tokens
+from analysis.demo_report import load_run
+from analysis.estimators import decide
+from analysis.study_contrasts import contrast_table, contrast_two_way
 from common.files import atomic_write_json, atomic_write_text
 from evaluation.likelihood import ratio_stats
 
@@ -40,17 +42,11 @@ def contrast(loaded: dict, terms: dict[str, float], bench: str, per_item: bool =
              which: str | None = None) -> dict | None:
     """sum_run coef * value(run) over the items every run scored: token-weighted (ratio) or per item (mean).
     which="base_answer_nll" reads general_kl's NLL sums. None when a run or the benchmark is missing."""
-    if any(run not in loaded or bench not in loaded[run] for run in terms):
+    table = contrast_table(loaded, {0: terms}, bench, per_item, which)
+    if table is None:
         return None
-    pairs = {run: item_pairs(loaded[run][bench], which) for run in terms}
-    common = sorted(set.intersection(*(set(p) for p in pairs.values())))
-    if len(common) < 2:
-        return None
-    require_same_tokens(bench, pairs, common)
-    first = next(iter(pairs.values()))
-    x = [sum(c * pairs[run][k][0] for run, c in terms.items()) for k in common]
-    t = [1.0 if per_item else first[k][1] for k in common]
-    st = ratio_stats(x, t)
+    x, t, _ = table
+    st = ratio_stats(list(x[0]), list(t))
     return {"diff": st["value"], "stderr": st["stderr"], "n": st["n"]}
 
 
@@ -148,29 +144,33 @@ VERDICT_RULE = ("supported when P1 and P2 are confirmed; refuted when P1 is conf
                 "refuted; otherwise unresolved (PREREGISTRATION.md, Sec. 4)")
 
 
+def prediction_terms(runs: dict[str, dict], main_lr: float, hi_arm: str | None, spec) -> dict[int, dict]:
+    """{seed: {run: coefficient}}: a prediction's contrast built from each seed's runs at the main learning rate,
+    for every seed that has them all."""
+    _, _, kind, m, ref, _, _ = spec
+    run = {(c["arm"], c["method"], c["lr"], c["seed"]): r for r, c in runs.items()}
+    out = {}
+    for s in sorted({c["seed"] for c in runs.values()}):
+        if kind == "dose":
+            keys = [(hi_arm, m, +1.0), (LOW_ARM, m, -1.0)] + ([(hi_arm, ref, -1.0), (LOW_ARM, ref, +1.0)]
+                                                               if ref else [])
+        else:
+            arm = "on_policy" if kind == "on_policy" else hi_arm
+            keys = [(arm, m, +1.0), (arm, ref, -1.0)]
+        terms = {run.get((a, mm, main_lr, s)): c for a, mm, c in keys}
+        if None not in terms and hi_arm is not None:
+            out[s] = terms
+    return out
+
+
 def prediction_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_arm: str | None) -> list[dict]:
     """Each prediction's contrast, per seed then averaged, and its verdict."""
-    def run(arm, method, seed):
-        return next((r for r, c in runs.items() if (c["arm"], c["method"], c["lr"], c["seed"]) ==
-                     (arm, method, main_lr, seed)), None)
-
-    seeds = sorted({c["seed"] for c in runs.values()})
     out = []
-    for pid, text, kind, m, ref, bench, sign in PREDICTIONS:
-        per_item = bench == PROBE
+    for spec in PREDICTIONS:
+        pid, text, _, _, _, bench, sign = spec
         parts = []
-        for s in seeds:
-            if kind == "dose":
-                keys = [(hi_arm, m, +1.0), (LOW_ARM, m, -1.0)]
-                if ref:
-                    keys += [(hi_arm, ref, -1.0), (LOW_ARM, ref, +1.0)]
-            else:
-                arm = "on_policy" if kind == "on_policy" else hi_arm
-                keys = [(arm, m, +1.0), (arm, ref, -1.0)]
-            terms = {run(a, mm, s): c for a, mm, c in keys}
-            if None in terms or hi_arm is None:
-                continue
-            c = contrast(loaded, terms, bench, per_item)
+        for terms in prediction_terms(runs, main_lr, hi_arm, spec).values():
+            c = contrast(loaded, terms, bench, bench == PROBE)
             if c is not None and bench in (PROBE, INJECTED):
                 c = {**c, "diff": -c["diff"]}  # nll -> log p: retention and learning are log-probability gains
             parts.append(c)
@@ -187,29 +187,12 @@ def two_way_values(loaded: dict, runs: dict[str, dict], main_lr: float, hi_arm: 
     """The same predictions re-decided with the two-way SE over seeds and shared items at t(df)
     (analysis/estimators.py): a deviation from the preregistered SE, added after the study (results/LOG.md,
     2026-12-07) because that SE held no seed noise and counted the seeds' shared items as independent."""
-    from analysis.estimators import decide
-    from analysis.study_contrasts import contrast_two_way
-
-    def run(arm, method, seed):
-        return next((r for r, c in runs.items() if (c["arm"], c["method"], c["lr"], c["seed"]) ==
-                     (arm, method, main_lr, seed)), None)
-
-    seeds = sorted({c["seed"] for c in runs.values()})
     out = []
-    for pid, _, kind, m, ref, bench, sign in PREDICTIONS:
-        per_seed = {}
-        for s in seeds:
-            if kind == "dose":
-                keys = [(hi_arm, m, +1.0), (LOW_ARM, m, -1.0)] + ([(hi_arm, ref, -1.0), (LOW_ARM, ref, +1.0)]
-                                                                   if ref else [])
-            else:
-                keys = [("on_policy" if kind == "on_policy" else hi_arm, m, +1.0),
-                        ("on_policy" if kind == "on_policy" else hi_arm, ref, -1.0)]
-            terms = {run(a, mm, s): c for a, mm, c in keys}
-            if None not in terms and hi_arm is not None:
-                per_seed[s] = terms
-        est = contrast_two_way(loaded, per_seed, bench, bench == PROBE, negate=bench in (PROBE, INJECTED)) \
-            if per_seed else None
+    for spec in PREDICTIONS:
+        pid, _, _, _, _, bench, sign = spec
+        per_seed = prediction_terms(runs, main_lr, hi_arm, spec)
+        est = (contrast_two_way(loaded, per_seed, bench, bench == PROBE, negate=bench in (PROBE, INJECTED))
+               if per_seed else None)
         out.append({"id": pid, "value": est and est["value"], "se": est and est["se"], "df": est and est["df"],
                     "seeds": est["seeds"] if est else 0, "verdict": decide(est, sign, EQUIVALENCE_MARGIN)})
     return out
