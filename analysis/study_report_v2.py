@@ -50,9 +50,6 @@ PREDICTIONS = [
     ("P8", ("The paper's premise: SFT drifts less on the base model's own complete answers than on the reference "
      "solutions (KL: op - lo < 0)"),
      [("op", "sft", 1), ("lo", "sft", -1)], DRIFT, None, False, False, -1, "secondary"),
-    ("P3", "The pilot mask's drift grows less than SFT's ((mask hi - lo) - (SFT hi - lo) < 0; 3 seeds, exploratory)",
-     [("hi", "masked_sft_pilot", 1), ("lo", "masked_sft_pilot", -1), ("hi", "sft", -1), ("lo", "sft", 1)], DRIFT,
-     None, False, False, -1, "exploratory"),
 ]
 VERDICT_RULE = ("refuted when P1, C1 or P2 is refuted; supported when P1, C1 and P2 are all confirmed; partly "
                 "supported when P1 is confirmed and exactly one of C1 and P2 is, the other unresolved; otherwise "
@@ -252,6 +249,6 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
                    "favour the method over SFT.")]
     atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
     if runs:
-        save(figure(arms, cells, [m for m in ("sft", "eaft", "masked_sft_pilot") if m in methods]), out / "forgetting")
+        save(figure(arms, cells, methods), out / "forgetting")
     print("\n".join(lines), flush=True)
     return {"table": str(out / "table.md"), "summary": str(out / "summary.json")}
