@@ -578,3 +578,22 @@ def test_the_pilot_measures_every_arm_and_candidate_dose_without_training(tmp_pa
     after = main(again)["arms"]
     assert {k: after[k] for k in pilot["arms"]} == pilot["arms"] and list(after)[-1] == "injected_d0.25"
     assert len(measured) == 1  # only the new dose: a resumed pilot measures nothing twice
+
+
+def git_times(*args: str) -> list[int]:
+    out = subprocess.run(["git", "log", "--format=%ct", *args], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    return [int(t) for t in out.split()]
+
+
+@pytest.mark.parametrize("prereg, results", [
+    ("results/study/PREREGISTRATION.md", "results/study/metrics/study-full-*"),
+    ("results/study/v2/PREREGISTRATION.md", "results/study/metrics/study-v2-*")])
+def test_each_preregistration_was_last_changed_before_its_first_result(prereg, results):
+    """A preregistration binds only if its final text was committed before the first result it predicts (commit
+    times; a shallow clone holds less history, and then this checks only the commits it has)."""
+    last_text = git_times("-1", "--", prereg)
+    first_result = git_times("--diff-filter=A", "--", results)
+    assert last_text, f"{prereg} was never committed"
+    if first_result:
+        assert last_text[0] <= min(first_result), f"{prereg} was changed after its first result ({results})"
