@@ -18,8 +18,10 @@ changes (ZeRO-3, bf16, gradient checkpointing, cosine with warm-up, AdamW, clipp
 Needs g++ for DeepSpeed's JIT CPU op (component `distributed`, as tests/test_distributed.py).
 """
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +47,7 @@ UNTIED = [e for e in REPRESENTATIVES if "glm4" in e or "qwen2.5" in e]   # tie_w
 RUNS = [pytest.param(e, [], id=e) for e in REPRESENTATIVES]
 RUNS += [pytest.param(e, ["fused_loss=false"], id=f"{e}-unfused") for e in UNTIED]
 MINI_MODELS = REPO / "data" / "rehearsal" / "models"  # git-ignored; rebuilt only when a recipe changes
+VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 
 
 def experiment(name: str) -> dict:
@@ -170,3 +173,41 @@ def test_every_other_experiment_takes_an_optimizer_step(minis, mini_data, tmp_pa
         x = experiment(e)
         info = json.loads((out / f"{x['model']}-{x['data']}-{x['method']}-s42" / "run_info.json").read_text())
         assert info["finished"] and info["global_step"] == 1, (e, info)
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """vLLM's CPU build (`make vllm-venv`): the math teacher's and the evaluation's generation on the cluster path."""
+    ok = VLLM_PY.exists() and subprocess.run([str(VLLM_PY), "-c", "import vllm, lm_eval"], capture_output=True,
+                                             timeout=300, check=False).returncode == 0
+    need("vllm", ok, f"{VLLM_PY} cannot import vllm and lm_eval (make vllm-venv)")
+    return VLLM_PY
+
+
+def test_math_miniature_through_the_vllm_teacher(minis, vllm_python, tmp_path):
+    """configs/domain/math.yaml's build with its own teacher settings (backend vllm, sampling at temperature 0.7,
+    top_p 0.8, seed 0), only the teacher's weights (the Qwen3 miniature), its sizes and the sources (the fixtures)
+    replaced: vLLM's CPU build answers every prompt and math-verify judges every answer. Random weights answer
+    nothing right, so finalize refuses to write a set short of select.n_train, as it would on the cluster; the
+    refusal must count every prompt as rejected at verification. (The training rehearsals read the math miniature
+    the reference teacher builds, mini_data: the same prepare, verification and finalize code.)"""
+    from data_pipeline.build import main
+    from data_pipeline.shards import ShardStore
+
+    teacher = {"model": str(minis / "qwen3-4b"), "tensor_parallel_size": 1, "max_new_tokens": 16,
+               "max_model_len": 1024, "chunk_size": 16, "vllm_python": str(vllm_python)}
+    cfg = math_cfg(tmp_path, tokenizer=str(minis / "qwen3-4b"), teacher=teacher, **{"select.n_train": 4})
+    assert cfg.domain.teacher.backend == "vllm" and cfg.domain.teacher.temperature == 0.7  # the cluster's teacher
+    with pytest.raises(RuntimeError, match=r"only 0 of the 4 training rows") as refused:
+        main(cfg)
+    records, duplicates = ShardStore(tmp_path / "work" / "generate").records()
+    prompts = [json.loads(x) for x in (tmp_path / "work" / "prompts.jsonl").read_text().splitlines()]
+    assert duplicates == 0 and sorted(r["id"] for r in records) == sorted(p["id"] for p in prompts)
+    verdicts = [resp["verdict"] for r in records for resp in r["responses"]]
+    assert len(verdicts) == len(prompts) and set(verdicts) <= {"incorrect", "unparseable", "empty"}, verdicts
+    assert any(resp["text"] for r in records for resp in r["responses"]), "vLLM returned only empty completions"
+    used = json.loads((tmp_path / "work" / "generate" / "settings.json").read_text())["settings"]["teacher"]
+    assert used["backend"] == "vllm" and used["model"] == teacher["model"]
+    at_verify = re.search(r"'verify': (\{[^}]*\})", str(refused.value))
+    assert at_verify and sum(ast.literal_eval(at_verify.group(1)).values()) == len(prompts), str(refused.value)
+
