@@ -135,6 +135,21 @@ def resolve_model(spec: str) -> dict:
                             f"folder (looked in {Path.cwd()}, {REPO}, {REPO / 'runs'}), not a Hub id (org/name)")
 
 
+def with_weights(m: dict, spec: str, path: str) -> dict:
+    """A configs/model name evaluated from another copy of its weights (`model_path=<folder>`): the config's other
+    settings (dtype, thinking, budgets) still apply and the results keep the config's name, so a grid that trained
+    from a local copy (a mirror on a cluster without Hub access, the rehearsal's miniature) gets its base row from
+    the weights its runs started from, not from the Hub id."""
+    if _config_model(spec) is None:
+        raise ValueError(f"model_path={path} replaces the weights of a configs/model name; model={spec!r} is not one")
+    folder = repo_path(path)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"model_path={path}: {folder} has no config.json (not a model folder)")
+    cfg = {k: v for k, v in m["model_cfg"].items() if k not in ("tokenizer", "from_config")}
+    cfg["name_or_path"] = str(folder)
+    return {**m, "model_cfg": cfg, "base_model_cfg": cfg}
+
+
 def _runner(kind: str, mode: str | None = None):
     if kind in ("math", "bfcl") or mode == "generate":
         from evaluation.generative import run_generative
@@ -230,6 +245,8 @@ def main(cfg) -> dict:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(sorted(cfg['bench']))} "
                          "(a new one is a file, configs/benchmark/<name>.yaml)")
     m = resolve_model(cfg["model_spec"])  # its config only; nothing is loaded before the data are checked
+    if cfg.get("model_path"):
+        m = with_weights(m, cfg["model_spec"], cfg["model_path"])
     benches = {b: with_mode(dict(cfg["bench"][b], name=b), m["model_cfg"]) for b in names}
     _check_data(list(benches.values()))
     if cfg.get("base_model"):

@@ -220,8 +220,13 @@ def plan_needs(plan: dict, compose_train, *, build_data: bool, data_args: list[s
                 dom = compose("data_build", overrides=[f"domain={data}", *data_args]).domain
             add(source_needs(OmegaConf.to_container(dom, resolve=True), f"configs/domain/{data}.yaml"))
         for model, runs in by_model.items():
-            cfg = OmegaConf.to_container(compose_train([*runs[0]["task"], *train_common]).model, resolve=True)
+            composed = compose_train([*runs[0]["task"], *train_common])
+            cfg = OmegaConf.to_container(composed.model, resolve=True)
             add(model_needs(cfg, f"configs/model/{model}.yaml", "training"))
+            if not build_data:  # --no-build-data: the training file must exist before a job waits in the queue
+                add([Need("local", str(composed.data.train_file), f"configs/data/{data}.yaml: train_file (or "
+                          "--data-dir)", "training data", fix="build it first (submit.py without --no-build-data, "
+                          f"or make data DOMAIN={data})")])
             for suite in dict.fromkeys(r["suite"] for r in runs if r["suite"]):  # runs and base: the same reads
                 add(eval_needs(model, cfg, suite, eval_args))
     return list(needs.values())

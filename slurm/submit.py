@@ -198,6 +198,11 @@ class Submitter:
         return job_id
 
 
+def data_dir_file(data_dir: str | None) -> list[str]:
+    """The training file override --data-dir gives every training and precompute job."""
+    return [f"data.train_file={Path(data_dir) / 'train.jsonl'}"] if data_dir else []
+
+
 def gpus(n: int) -> list[str]:
     return [f"--gpus-per-node={n}"] if n > 0 else []
 
@@ -248,6 +253,21 @@ def planned_runs(args, train_common: list[str]) -> dict[str, dict[str, list[dict
         plan.setdefault(cfg.data.name, {}).setdefault(cfg.model.name, []).append(
             {"method": cfg.method.name, "task": task, "run": cfg.run_name, "suite": suite})
     return plan
+
+
+def base_weights(model: str, runs: list[dict], train_overrides: list[str]) -> list[str]:
+    """`model_path=` for the base model's evaluation when its runs train from another copy of the weights than
+    configs/model/<model>.yaml names (model.name_or_path in --train-args or --model-args: a mirror, a miniature),
+    so that the base row scores the weights the runs started from."""
+    from omegaconf import OmegaConf
+
+    weights = {compose_train([*r["task"], *train_overrides]).model.name_or_path for r in runs}
+    if len(weights) > 1:
+        raise SystemExit(f"{model}: its runs train from different weights {sorted(weights)}; one base row cannot "
+                         "stand for them: submit them as separate grids")
+    (path,) = weights
+    declared = OmegaConf.load(REPO / "configs" / "model" / f"{model}.yaml").name_or_path
+    return [] if path == declared else [f"model_path={path}"]
 
 
 def main(argv=None) -> dict:
@@ -323,7 +343,7 @@ def main(argv=None) -> dict:
 
         needs = plan_needs(plan, compose_train, build_data=not args.no_build_data,
                            data_args=shlex.split(args.data_args), eval_args=shlex.split(args.eval_args),
-                           train_common=train_common)
+                           train_common=[*train_common, *data_dir_file(args.data_dir)])
         status, report = run_preflight(needs, recorded=args.recorded, record=args.record)
         print(report, file=sys.stderr if status else sys.stdout)
         if args.check:
@@ -338,9 +358,7 @@ def main(argv=None) -> dict:
     evals = []
     for data, by_model in plan.items():
         ready = list(first)
-        data_common = [f"data={data}"]
-        if args.data_dir:
-            data_common.append(f"data.train_file={Path(args.data_dir) / 'train.jsonl'}")
+        data_common = [f"data={data}", *data_dir_file(args.data_dir)]
         if not args.no_build_data:
             build = [f"domain={data}", *([f"out_dir={args.data_dir}"] if args.data_dir else []),
                      *shlex.split(args.data_args)]
@@ -376,9 +394,10 @@ def main(argv=None) -> dict:
                                           f"checkpoints={args.eval_checkpoints}"] for r in runs],
                                   resources=[*gpus(g), *res["eval"]]))
             if not args.no_eval_base:
+                base = [f"model={model}", *base_weights(model, runs, [*train_common, *model_args[model]])]
                 for suite in suites:
                     evals.append(s.sbatch(f"eval-{model}{tag}-base" + ("" if len(suites) == 1 else f"-{suite}"),
-                                          "eval.sbatch", [f"model={model}", f"suite={suite}", *eval_common],
+                                          "eval.sbatch", [*base, f"suite={suite}", *eval_common],
                                           after=ready if args.after else [], resources=[*gpus(g), *res["eval"]]))
     if evals:
         s.sbatch("tables", "tables.sbatch", [f"metrics_dir={args.metrics_dir}", f"runs_dir={args.runs_dir}",

@@ -64,8 +64,9 @@ SlurmdLogFile=$DIR/log/slurmd.log
 SchedulerParameters=batch_sched_delay=0
 # A job whose afterok parent failed is cancelled instead of pending forever (a waiting test would hang).
 DependencyParameters=kill_invalid_depend
-# Finished jobs stay visible to "scontrol show job" (there is no accounting database for sacct).
-MinJobAge=600
+# Finished jobs stay visible to "scontrol show job" for an hour (there is no accounting database for sacct): the
+# rehearsal's chain checks its training job's record after a sweep that outlasts 10 minutes.
+MinJobAge=3600
 KillWait=5
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP

@@ -257,3 +257,17 @@ def test_base_answers_are_shared_by_the_base_and_its_runs(tmp_path):
                 .splitlines()]
         answers[name] = [(r["base_answer"], r["tokens"]) for r in rows]
     assert answers["tiny"] == answers[run.name]
+
+
+def test_model_path_evaluates_a_configured_model_from_another_copy(tmp_path):
+    """model=<configs/model name> model_path=<folder>: the config's settings and name, the folder's weights."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.json").write_text("{}")
+    m = ev.with_weights(ev.resolve_model("qwen3-4b-thinking"), "qwen3-4b-thinking", str(copy))
+    assert m["run"] == "qwen3-4b-thinking" and m["method"] == "base" and m["base_model_cfg"] == m["model_cfg"]
+    assert m["model_cfg"]["name_or_path"] == str(copy) and m["model_cfg"]["thinking"] is True
+    with pytest.raises(ValueError, match="not one"):
+        ev.with_weights(ev.resolve_model("Qwen/Qwen3-4B"), "Qwen/Qwen3-4B", str(copy))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ev.with_weights(ev.resolve_model("qwen3-4b"), "qwen3-4b", str(tmp_path))

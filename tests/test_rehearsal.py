@@ -11,15 +11,23 @@ changes (ZeRO-3, bf16, gradient checkpointing, cosine with warm-up, AdamW, clipp
    Table 2, GLM-4-9B, Qwen2.5-32B) trains two optimizer steps through torchrun on 2 CPU ranks under DeepSpeed
    ZeRO-3, saving a checkpoint at each step;
 3. every other experiment takes an optimizer step on its miniature (one torchrun process, a Hydra multirun), FLOW and
-   Masked SFT after the precompute pass they need.
+   Masked SFT after the precompute pass they need;
+4. the math build's cluster teacher: vLLM's CPU build serving the Qwen3 miniature answers every prompt, math-verify
+   judges every answer (all wrong: random weights), and finalize refuses the short set;
+5. table1-eaft as slurm/submit.py queues it on the one-node SLURM cluster: training on 2 torchrun ranks, killed and
+   requeued mid-run, resumed; the checkpoint sweep and the base row on Table 1's suite through vLLM's CPU build;
+   Table 1 in the paper's layout naming the step the selection used (~15 min on 2 AVX2 cores).
 
     .venv/bin/python -m pytest -m rehearsal tests/test_rehearsal.py       (make rehearsal)
 
-Needs g++ for DeepSpeed's JIT CPU op (component `distributed`, as tests/test_distributed.py).
+Needs g++ for DeepSpeed's JIT CPU op (component `distributed`, as tests/test_distributed.py), .venv-vllm for 4 and 5
+(`vllm`), slurm-wlm and munge for 5 (`slurm`).
 """
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +53,7 @@ UNTIED = [e for e in REPRESENTATIVES if "glm4" in e or "qwen2.5" in e]   # tie_w
 RUNS = [pytest.param(e, [], id=e) for e in REPRESENTATIVES]
 RUNS += [pytest.param(e, ["fused_loss=false"], id=f"{e}-unfused") for e in UNTIED]
 MINI_MODELS = REPO / "data" / "rehearsal" / "models"  # git-ignored; rebuilt only when a recipe changes
+VLLM_PY = REPO / ".venv-vllm" / "bin" / "python"
 
 
 def experiment(name: str) -> dict:
@@ -170,3 +179,135 @@ def test_every_other_experiment_takes_an_optimizer_step(minis, mini_data, tmp_pa
         x = experiment(e)
         info = json.loads((out / f"{x['model']}-{x['data']}-{x['method']}-s42" / "run_info.json").read_text())
         assert info["finished"] and info["global_step"] == 1, (e, info)
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """vLLM's CPU build (`make vllm-venv`): the math teacher's and the evaluation's generation on the cluster path."""
+    ok = VLLM_PY.exists() and subprocess.run([str(VLLM_PY), "-c", "import vllm, lm_eval"], capture_output=True,
+                                             timeout=300, check=False).returncode == 0
+    need("vllm", ok, f"{VLLM_PY} cannot import vllm and lm_eval (make vllm-venv)")
+    return VLLM_PY
+
+
+def test_math_miniature_through_the_vllm_teacher(minis, vllm_python, tmp_path):
+    """configs/domain/math.yaml's build with its own teacher settings (backend vllm, sampling at temperature 0.7,
+    top_p 0.8, seed 0), only the teacher's weights (the Qwen3 miniature), its sizes and the sources (the fixtures)
+    replaced: vLLM's CPU build answers every prompt and math-verify judges every answer. Random weights answer
+    nothing right, so finalize refuses to write a set short of select.n_train, as it would on the cluster; the
+    refusal must count every prompt as rejected at verification. (The training rehearsals read the math miniature
+    the reference teacher builds, mini_data: the same prepare, verification and finalize code.)"""
+    from data_pipeline.build import main
+    from data_pipeline.shards import ShardStore
+
+    teacher = {"model": str(minis / "qwen3-4b"), "tensor_parallel_size": 1, "max_new_tokens": 16,
+               "max_model_len": 1024, "chunk_size": 16, "vllm_python": str(vllm_python)}
+    cfg = math_cfg(tmp_path, tokenizer=str(minis / "qwen3-4b"), teacher=teacher, **{"select.n_train": 4})
+    assert cfg.domain.teacher.backend == "vllm" and cfg.domain.teacher.temperature == 0.7  # the cluster's teacher
+    with pytest.raises(RuntimeError, match=r"only 0 of the 4 training rows") as refused:
+        main(cfg)
+    records, duplicates = ShardStore(tmp_path / "work" / "generate").records()
+    prompts = [json.loads(x) for x in (tmp_path / "work" / "prompts.jsonl").read_text().splitlines()]
+    assert duplicates == 0 and sorted(r["id"] for r in records) == sorted(p["id"] for p in prompts)
+    verdicts = [resp["verdict"] for r in records for resp in r["responses"]]
+    assert len(verdicts) == len(prompts) and set(verdicts) <= {"incorrect", "unparseable", "empty"}, verdicts
+    assert any(resp["text"] for r in records for resp in r["responses"]), "vLLM returned only empty completions"
+    used = json.loads((tmp_path / "work" / "generate" / "settings.json").read_text())["settings"]["teacher"]
+    assert used["backend"] == "vllm" and used["model"] == teacher["model"]
+    at_verify = re.search(r"'verify': (\{[^}]*\})", str(refused.value))
+    assert at_verify and sum(ast.literal_eval(at_verify.group(1)).values()) == len(prompts), str(refused.value)
+
+
+EVAL_FIX = REPO / "tests" / "fixtures" / "eval"
+# The offline fixtures of Table 1's suite, in each benchmark's published format (tests/fixtures/eval/README.md)
+TABLE1_DATA = [f"bench.gsm8k.local.data_files=[{EVAL_FIX}/gsm8k.jsonl]",
+               f"bench.aime24.local.data_files=[{EVAL_FIX}/aime24.jsonl]",
+               f"bench.aime25.local.data_files=[{EVAL_FIX}/aime25.jsonl]",
+               f"bench.mmlu.local.data_dir={EVAL_FIX}/mmlu", "bench.mmlu.num_fewshot=1",  # one dev row a subject
+               f"bench.ifeval.local.data_files.train={EVAL_FIX}/ifeval/input_data.jsonl",
+               f"bench.cluewsc.local.data_files.validation={EVAL_FIX}/cluewsc/dev.json"]
+
+
+@pytest.fixture(scope="module")
+def rehearsal_cluster(tmp_path_factory, nltk_punkt):
+    """The one-node SLURM cluster with a site file as a user writes it: training jobs get both cores and 2 torchrun
+    ranks (EAFT_NPROC_PER_NODE, what a GPU node's count sets), every other job one core; offline."""
+    from tests.test_slurm import running_cluster
+
+    site = tmp_path_factory.mktemp("site") / "site.sh"
+    site.write_text(f'EAFT_PYTHON="{sys.executable}"\nEAFT_NPROC_PER_NODE=2\nEAFT_TRAIN_SBATCH="--cpus-per-task=2"\n'
+                    + "".join(f'EAFT_{k}_SBATCH="--cpus-per-task=1"\n' for k in ("DATA", "EVAL", "CPU"))
+                    + "eaft_site_setup() { export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled "
+                    + f'NLTK_DATA="{nltk_punkt}"; }}\n')
+    with running_cluster(site) as env:
+        yield env
+
+
+def ours_row(table: str, model: str, method: str) -> list[str]:
+    """The cells of our row under `model`'s `method` in a paper table (Markdown; method "" = the base row)."""
+    lines = table.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith(f"| {model} | paper |"))
+    label = f"| + {method} | paper |" if method else f"| {model} | paper |"
+    i = next(i for i in range(start, len(lines)) if lines[i].startswith(label))
+    assert lines[i + 1].startswith("|  | ours"), lines[i + 1]  # "ours (<profile>)"
+    return [c.strip() for c in lines[i + 1].strip("|").split("|")]
+
+
+def test_table1_eaft_through_submit_on_the_slurm_cluster(minis, mini_data, vllm_python, rehearsal_cluster, tmp_path):
+    """table1-eaft as slurm/submit.py queues it on a cluster, with only the weights (the Qwen3 miniature), the data
+    (the math miniature) and the sizes replaced: training through train.sbatch (torchrun, 2 CPU ranks, the paper
+    trainer under ZeRO-3, a save every 2 of its 4 steps) is killed and requeued after step 2 and resumes; the sweep
+    evaluates the last checkpoint of the first epoch and the final model, the base row the miniature's own weights, on
+    Table 1's suite through vLLM's CPU build; the tables job writes Table 1 in the paper's layout, our rows naming
+    the step the best-checkpoint selection used."""
+    from tests.test_slurm import assert_completed, attempts_resumed_in, freeze_training, slurm, wait, wait_for
+
+    env, logs, runs, metrics = rehearsal_cluster, tmp_path / "logs", tmp_path / "runs", tmp_path / "metrics"
+    train = f"model.name_or_path={minis}/${{model.name}} data.train_file={mini_data}/${{data.name}}/train.jsonl " \
+            "++trainer.max_steps=4 global_batch_size=2 ++trainer.use_cpu=true trainer.dataloader_num_workers=0 " \
+            "trainer.save_steps=2"
+    cmd = [sys.executable, "slurm/submit.py", "--experiments", "table1-eaft", "--no-build-data", "--gpus-per-node",
+           "0", "--runs-dir", str(runs), "--metrics-dir", str(metrics), "--tables-dir", str(tmp_path / "tables"),
+           "--logs", str(logs), "--eval-checkpoints", "epoch", "--train-args", train,
+           "--eval-args", " ".join(["backend=vllm", f"vllm.python={vllm_python}", "limit=2", "max_new_tokens=8",
+                                    "progress=false", *TABLE1_DATA])]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ids = {j["name"]: j["job_id"] for j in json.loads(next(logs.glob("submit-*.json")).read_text())["jobs"]}
+    assert list(ids) == ["train-qwen3-4b", "eval-qwen3-4b", "eval-qwen3-4b-base", "tables"]
+    run = runs / "qwen3-4b-math-eaft-s42"
+
+    # Preemption mid-training: killed and requeued once checkpoint-2 (of 2, 4) is complete
+    wait_for(run / "checkpoint-2" / "trainer_state.json", env, ids["train-qwen3-4b"], logs, timeout=900)
+    freeze_training(runs)
+    slurm(env, "scontrol", "requeue", ids["train-qwen3-4b"])
+    wait(env, list(ids.values()), logs, timeout=2400)
+    rec = {name: assert_completed(env, job_id, logs) for name, job_id in ids.items()}
+    assert rec["train-qwen3-4b"][0]["Restarts"] == "1"
+    train_log = next(logs.glob(f"eaft-train-qwen3-4b-{ids['train-qwen3-4b']}_*.out")).read_text()
+    assert set(attempts_resumed_in(train_log)) == {2}, train_log[-3000:]  # each rank says so
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["finished"] and info["world_size"] == 2 and info["global_step"] == 4, info
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.deepspeed.zero_optimization.stage == 3 and cfg.trainer.bf16 and cfg.profile == "paper"
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3, 4]  # none lost or repeated by the requeue
+
+    # The sweep: 4 rows at global batch 2 are 2 steps an epoch; epoch 1 ends at checkpoint-2, and the last save
+    # before epoch 2's end is checkpoint-2 again: checkpoint-2 and the final model
+    assert [p.name for p in (metrics / run.name).glob("checkpoint-*")] == ["checkpoint-2"]
+    suite = ["aime24", "aime25", "gsm8k", "mmlu", "ifeval", "cluewsc"]
+    for where, step in ((metrics / run.name / "checkpoint-2", 2), (metrics / run.name, 4),
+                        (metrics / "qwen3-4b", None)):
+        for bench in suite:
+            result = json.loads((where / f"{bench}.json").read_text())
+            assert result["step"] == step and result["n"] >= 1, (where, bench)
+            assert result["settings"]["backend"] == "vllm", (where, bench)
+    base = json.loads((metrics / "qwen3-4b" / "gsm8k.json").read_text())
+    assert base["method"] == "base" and base["model"].endswith("rehearsal/models/qwen3-4b")
+
+    # Table 1 in the paper's layout: the base row and the EAFT row of ours, with the step each used
+    table = (tmp_path / "tables" / "table1_math.md").read_text()
+    base_row, eaft_row = ours_row(table, "Qwen3-4B-Instruct", ""), ours_row(table, "Qwen3-4B-Instruct", "EAFT")
+    assert all(c != "–" for c in base_row[2:9]) and all(c != "–" for c in eaft_row[2:9]), (base_row, eaft_row)
+    assert re.search(r"step [24] of 2 evaluated", eaft_row[-1]), eaft_row

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -44,24 +45,33 @@ def have(binary: str) -> bool:
     return shutil.which(binary) is not None or Path("/usr/sbin", binary).exists()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+@contextmanager
+def running_cluster(site: Path):
+    """The one-node cluster (started here unless it was already up, and then stopped afterwards) and the
+    environment of a user's shell on it, with `site` as the site file (slurm/site.example.sh)."""
     need("slurm", all(have(b) for b in DAEMONS), "slurm-wlm and munge are not installed "
                                                   "(apt-get install -y slurm-wlm munge)")
     was_up = subprocess.run([str(CLUSTER), "status"], capture_output=True, check=False).returncode == 0
     proc = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     conf = re.search(r"SLURM_CONF=(\S+)", proc.stdout).group(1)
+    try:
+        yield {**os.environ, "SLURM_CONF": conf, "EAFT_SITE": str(site), "HF_HUB_OFFLINE": "1",
+               "WANDB_MODE": "disabled"}
+    finally:
+        if not was_up:
+            subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
     # The site file a user would write (slurm/site.example.sh): here, one core per job and the offline switches.
     site = tmp_path_factory.mktemp("site") / "site.sh"
     site.write_text(f'EAFT_PYTHON="{sys.executable}"\n'
                     + "".join(f'EAFT_{k}_SBATCH="--cpus-per-task=1"\n' for k in ("DATA", "TRAIN", "EVAL", "CPU"))
                     + "eaft_site_setup() { export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled; }\n")
-    env = {**os.environ, "SLURM_CONF": conf, "EAFT_SITE": str(site), "HF_HUB_OFFLINE": "1",
-           "WANDB_MODE": "disabled"}
-    yield env
-    if not was_up:
-        subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120, check=False)
+    with running_cluster(site) as env:
+        yield env
 
 
 def slurm(env, *cmd) -> str:

