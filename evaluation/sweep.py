@@ -7,8 +7,9 @@ over all evaluated benchmarks, `make tables`) and of Fig. 2a (general average vs
 
 `checkpoints` (every other argument goes to evaluation.evaluate unchanged, once per checkpoint):
   final  the final model only (what submit.py evaluated before; `make tables select=final` needs no more)
-  epoch  per epoch, the last complete checkpoint saved at or before the epoch's end, plus the final model: 10
-         evaluations of a 10-epoch paper run (its saves come every 100 steps, so at most 99 steps early)
+  epoch  per epoch but the last, the last complete checkpoint saved at or before the epoch's end (saves come every
+         100 steps, so at most 99 steps early), and the final model, which ends the last epoch: 10 evaluations of
+         a 10-epoch paper run (the last epoch's last save, up to 99 steps before the final model, would repeat it)
   all    every complete checkpoint, plus the final model: ~30 evaluations of a paper math run (Fig. 2a every 100
          steps, as the paper plots it)
 The epoch length is the run's own (trainer_state.json of its newest checkpoint: global_step / epoch). Results go
@@ -66,6 +67,8 @@ def pick(run_dir: Path, rule: str) -> list[Path]:
     last_step = final_step or step_of(ckpts[-1])
     chosen = []
     for k in range(1, int(last_step / spe + 1e-9) + 1):
+        if k * spe >= last_step - 1e-9:
+            break  # the final model ends this epoch
         before = [c for c in ckpts if step_of(c) <= k * spe + 1e-9]
         if before and before[-1] not in chosen:
             chosen.append(before[-1])

@@ -14,7 +14,7 @@ Evaluation: one evaluation of a run's suite costs 2 x params x its tokens / (eva
 n_items (configs/benchmark/<b>.yaml) x ASSUMED tokens per item: --gen-tokens generated per item (prompt included),
 --think-tokens for a thinking model's generations, --ll-tokens for a log-likelihood item (prompt + every option,
 MMLU's 5 shots included); decoding is memory-bound, hence the low default eval MFU. A sweep evaluates, per run,
-`final` 1, `epoch` epochs + 1 (the last save of each epoch, then the final model), `all` every save (every
+`final` 1, `epoch` ceil(epochs) (the last save of each epoch but the last, then the final model), `all` every save (every
 save_steps=100 steps of configs/trainer/paper.yaml) + 1. Steps per run: ceil(rows / global batch 64) x epochs.
 These are estimates to plan an allocation, not measurements.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def gpu_hours(params: float, tokens: float, mfu: float, peak_tflops: float) -> f
 def evaluations_per_run(rows: int, epochs: float, rule: str, batch: int = 64, save_steps: int = 100) -> int:
     """How many evaluations the checkpoint sweep makes of one run (module docstring)."""
     steps = -(-rows // batch) * epochs
-    return {"final": 1, "epoch": int(epochs) + 1, "all": int(steps // save_steps) + 1}[rule]
+    return {"final": 1, "epoch": math.ceil(epochs), "all": int(steps // save_steps) + 1}[rule]
 
 
 def eval_tokens(table: str, model: str, gen: float, think: float, ll: float) -> float:

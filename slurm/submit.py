@@ -20,9 +20,9 @@ evaluation array knows where each training task writes; a method's `precomputed`
 Masked-SFT need the precompute job. Training uses `trainer=paper` unless --train-args names another trainer, and
 a GPU grid with a CPU trainer (`use_cpu: true`, e.g. trainer=tiny) is refused before anything is submitted.
 Each run's evaluation is a checkpoint sweep (slurm/sweep.sbatch, evaluation/sweep.py): --eval-checkpoints epoch
-(default) evaluates the last checkpoint of each epoch and the final model, the inputs of the tables' best-checkpoint
-selection (the paper's protocol) and of Fig. 2a; `all` every save; `final` the final model only. Its GPU-hours:
-slurm/gpu_hours.py.
+(default) evaluates the last checkpoint of each epoch but the last, then the final model, the inputs of the tables'
+best-checkpoint selection (the paper's protocol) and of Fig. 2a; `all` every save; `final` the final model only. Its
+GPU-hours: slurm/gpu_hours.py.
 Before anything is queued, the preflight (slurm/preflight.py) resolves every model, data set, config, split and
 field the planned jobs read and counts the agent filter's yield; a problem stops the submission with its fix
 (--no-check queues anyway; --dry-run skips it unless --check is given).

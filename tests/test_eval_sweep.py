@@ -29,7 +29,7 @@ def two_epochs(tmp_path_factory, tiny_data) -> Path:
 
 def test_each_rule_picks_its_checkpoints(two_epochs):
     names = {rule: [p.name for p in sweep.pick(two_epochs, rule)] for rule in sweep.RULES}
-    assert names == {"final": [], "epoch": ["checkpoint-10", "checkpoint-20"],
+    assert names == {"final": [], "epoch": ["checkpoint-10"],    # the final model ends epoch 2
                      "all": ["checkpoint-5", "checkpoint-10", "checkpoint-15", "checkpoint-20"]}
     with pytest.raises(ValueError, match="one of final, epoch, all"):
         sweep.pick(two_epochs, "best")
@@ -40,17 +40,18 @@ def test_the_sweep_feeds_the_tables_selection_and_fig2a(two_epochs, tmp_path):
     sweep.main([f"model={two_epochs}", "checkpoints=epoch", "benchmarks=[gsm8k,cluewsc]", "limit=3",
                 "max_new_tokens=4", f"out_dir={metrics}", "progress=false", *FIXTURES])
     run = two_epochs.name
-    for where in ("checkpoint-10", "checkpoint-20", ""):
+    assert not (metrics / run / "checkpoint-20").exists()   # 4 steps before the final model, which ends epoch 2
+    for where in ("checkpoint-10", ""):
         assert (metrics / run / where / "gsm8k.json").exists() and (metrics / run / where / "cluewsc.json").exists()
     df = load_metrics(metrics, [two_epochs.parent])
-    assert sorted(df.loc[df["run"] == run, "step"].unique()) == [10, 20, 24]
+    assert sorted(df.loc[df["run"] == run, "step"].unique()) == [10, 24]
     best = select_checkpoints(df, "best")
     final = select_checkpoints(df, "final")
-    assert set(final["step"]) == {24} and set(final["checkpoint"]) == {"step 24 of 3 evaluated"}
-    assert set(best["checkpoint"]) == {f"step {int(best['step'].iloc[0])} of 3 evaluated"}
+    assert set(final["step"]) == {24} and set(final["checkpoint"]) == {"step 24 of 2 evaluated"}
+    assert set(best["checkpoint"]) == {f"step {int(best['step'].iloc[0])} of 2 evaluated"}
     # Fig. 2a: the general benchmark (CLUEWSC) at each evaluated step
     steps = general_by_step(df)
-    assert sorted(steps.loc[steps["method"] == "eaft", "step"]) == [10, 20, 24]
+    assert sorted(steps.loc[steps["method"] == "eaft", "step"]) == [10, 24]
     # a table row of ours names the step it used (the tiny model is not a paper model: the all-runs table)
     ours = tables.ours_scores(best)
     assert ours.loc[ours["method"] == "eaft", "checkpoints"].iloc[0] == best["checkpoint"].iloc[0].join(["seed 42: ", ""])
@@ -78,7 +79,8 @@ def test_gpu_hours_counts_the_sweep(capsys):
     sys.path.insert(0, str(REPO / "slurm"))
     import gpu_hours
 
-    assert gpu_hours.evaluations_per_run(19_000, 10, "epoch") == 11
+    assert gpu_hours.evaluations_per_run(19_000, 10, "epoch") == 10
+    assert gpu_hours.evaluations_per_run(19_000, 2.5, "epoch") == 3   # 2 epoch ends, then the final model
     assert gpu_hours.evaluations_per_run(19_000, 10, "all") == 30    # 2,970 steps, a save every 100
     assert gpu_hours.evaluations_per_run(19_000, 10, "final") == 1
     rows = gpu_hours.main([])

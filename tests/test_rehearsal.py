@@ -293,8 +293,8 @@ def test_table1_eaft_through_submit_on_the_slurm_cluster(minis, mini_data, vllm_
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3, 4]  # none lost or repeated by the requeue
 
-    # The sweep: 4 rows at global batch 2 are 2 steps an epoch; epoch 1 ends at checkpoint-2, and the last save
-    # before epoch 2's end is checkpoint-2 again: checkpoint-2 and the final model
+    # The sweep: 4 rows at global batch 2 are 2 steps an epoch; epoch 1 ends at checkpoint-2, the final model ends
+    # epoch 2: checkpoint-2 and the final model
     assert [p.name for p in (metrics / run.name).glob("checkpoint-*")] == ["checkpoint-2"]
     suite = ["aime24", "aime25", "gsm8k", "mmlu", "ifeval", "cluewsc"]
     for where, step in ((metrics / run.name / "checkpoint-2", 2), (metrics / run.name, 4),
