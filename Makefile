@@ -90,7 +90,7 @@ test-slow: $(STAMP) ## the slow tier: real SmolLM2 runs
 test-ci: $(STAMP) ## every marked tier; skips of components CI installs become failures
 	EAFT_REQUIRE="$(EAFT_REQUIRE)" $(PY) -m pytest -m "slow or integration or distributed or slurm or vllm or bfcl or rehearsal" $(PYTEST_ARGS)
 
-rehearsal: $(STAMP) ## every paper experiment on miniatures of its models (CPU, torchrun, ZeRO-3; vLLM teacher; table1-eaft via submit.py on SLURM): the rehearsal tier
+rehearsal: $(STAMP) ## every paper experiment on miniatures of its models (CPU, torchrun, ZeRO-3; vLLM teacher; table1/2/3-eaft via submit.py on SLURM): the rehearsal tier
 	$(PY) -m pytest -m rehearsal tests/test_rehearsal.py $(PYTEST_ARGS)
 
 vllm-venv: ## vLLM's CPU build in its own venv (.venv-vllm), for the vllm test tier and CPU generation

@@ -16,12 +16,15 @@ changes (ZeRO-3, bf16, gradient checkpointing, cosine with warm-up, AdamW, clipp
    judges every answer (all wrong: random weights), and finalize refuses the short set;
 5. table1-eaft as slurm/submit.py queues it on the one-node SLURM cluster: training on 2 torchrun ranks, killed and
    requeued mid-run, resumed; the checkpoint sweep and the base row on Table 1's suite through vLLM's CPU build;
-   Table 1 in the paper's layout naming the step the selection used (~15 min on 2 AVX2 cores).
+   Table 1 in the paper's layout naming the step the selection used (~15 min on 2 AVX2 cores);
+6. table2-eaft and table3-eaft the same way, without the requeue and with the HF backend (vLLM's path is 5's): 2
+   ranks, the sweep's final model and the base row on Table 2's and Table 3's suites (Table 2 scored by generation,
+   the answer after the reasoning), Tables 2 and 3 in the paper's layout (~1 min each).
 
     .venv/bin/python -m pytest -m rehearsal tests/test_rehearsal.py       (make rehearsal)
 
 Needs g++ for DeepSpeed's JIT CPU op (component `distributed`, as tests/test_distributed.py), .venv-vllm for 4 and 5
-(`vllm`), slurm-wlm and munge for 5 (`slurm`).
+(`vllm`), slurm-wlm and munge for 5 and 6 (`slurm`).
 """
 
 import ast
@@ -220,12 +223,18 @@ def test_math_miniature_through_the_vllm_teacher(minis, vllm_python, tmp_path):
 
 EVAL_FIX = REPO / "tests" / "fixtures" / "eval"
 # The offline fixtures of Table 1's suite, in each benchmark's published format (tests/fixtures/eval/README.md)
+GENERAL_DATA = [f"bench.mmlu.local.data_dir={EVAL_FIX}/mmlu", "bench.mmlu.num_fewshot=1",  # one dev row a subject
+                f"bench.ifeval.local.data_files.train={EVAL_FIX}/ifeval/input_data.jsonl",
+                f"bench.cluewsc.local.data_files.validation={EVAL_FIX}/cluewsc/dev.json"]
 TABLE1_DATA = [f"bench.gsm8k.local.data_files=[{EVAL_FIX}/gsm8k.jsonl]",
                f"bench.aime24.local.data_files=[{EVAL_FIX}/aime24.jsonl]",
-               f"bench.aime25.local.data_files=[{EVAL_FIX}/aime25.jsonl]",
-               f"bench.mmlu.local.data_dir={EVAL_FIX}/mmlu", "bench.mmlu.num_fewshot=1",  # one dev row a subject
-               f"bench.ifeval.local.data_files.train={EVAL_FIX}/ifeval/input_data.jsonl",
-               f"bench.cluewsc.local.data_files.validation={EVAL_FIX}/cluewsc/dev.json"]
+               f"bench.aime25.local.data_files=[{EVAL_FIX}/aime25.jsonl]", *GENERAL_DATA]
+TABLE2_DATA = [f"bench.medmcqa.local.data_files.validation={EVAL_FIX}/medmcqa/validation.jsonl",
+               f"bench.medqa.local.data_files.test={EVAL_FIX}/medqa/test_5options.jsonl", "bench.medqa.source=local",
+               f"bench.pubmedqa.local.data_files.test={EVAL_FIX}/pubmedqa/ori_pqal.json", *GENERAL_DATA]
+TABLE3_DATA = [f"bench.bfcl_v3.local.data_dir={EVAL_FIX}/bfcl",  # the categories the fixture holds
+               ("bench.bfcl_v3.categories=[simple,multiple,parallel,parallel_multiple,irrelevance,live_simple,"
+                "live_relevance]"), *GENERAL_DATA]
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +262,25 @@ def ours_row(table: str, model: str, method: str) -> list[str]:
     return [c.strip() for c in lines[i + 1].strip("|").split("|")]
 
 
+def submit(env: dict, tmp_path: Path, name: str, minis: Path, mini_data: Path, *, steps: int, save_steps: int,
+           checkpoints: str, eval_args: list[str]) -> dict[str, str]:
+    """`slurm/submit.py --experiments <name>` as a user queues it, with only the weights (the miniature of the
+    experiment's model), the data (the domain's miniature) and the sizes replaced; {job name: job id} in the order
+    the manifest lists them (the dependency chain's)."""
+    logs = tmp_path / "logs"
+    train = f"model.name_or_path={minis}/${{model.name}} data.train_file={mini_data}/${{data.name}}/train.jsonl " \
+            f"++trainer.max_steps={steps} global_batch_size=2 ++trainer.use_cpu=true " \
+            f"trainer.dataloader_num_workers=0 trainer.save_steps={save_steps}"
+    cmd = [sys.executable, "slurm/submit.py", "--experiments", name, "--no-build-data", "--gpus-per-node", "0",
+           "--runs-dir", str(tmp_path / "runs"), "--metrics-dir", str(tmp_path / "metrics"),
+           "--tables-dir", str(tmp_path / "tables"), "--logs", str(logs), "--eval-checkpoints", checkpoints,
+           "--train-args", train,
+           "--eval-args", " ".join([*eval_args, "limit=2", "max_new_tokens=8", "progress=false"])]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {j["name"]: j["job_id"] for j in json.loads(next(logs.glob("submit-*.json")).read_text())["jobs"]}
+
+
 def test_table1_eaft_through_submit_on_the_slurm_cluster(minis, mini_data, vllm_python, rehearsal_cluster, tmp_path):
     """table1-eaft as slurm/submit.py queues it on a cluster, with only the weights (the Qwen3 miniature), the data
     (the math miniature) and the sizes replaced: training through train.sbatch (torchrun, 2 CPU ranks, the paper
@@ -263,17 +291,8 @@ def test_table1_eaft_through_submit_on_the_slurm_cluster(minis, mini_data, vllm_
     from tests.test_slurm import assert_completed, attempts_resumed_in, freeze_training, slurm, wait, wait_for
 
     env, logs, runs, metrics = rehearsal_cluster, tmp_path / "logs", tmp_path / "runs", tmp_path / "metrics"
-    train = f"model.name_or_path={minis}/${{model.name}} data.train_file={mini_data}/${{data.name}}/train.jsonl " \
-            "++trainer.max_steps=4 global_batch_size=2 ++trainer.use_cpu=true trainer.dataloader_num_workers=0 " \
-            "trainer.save_steps=2"
-    cmd = [sys.executable, "slurm/submit.py", "--experiments", "table1-eaft", "--no-build-data", "--gpus-per-node",
-           "0", "--runs-dir", str(runs), "--metrics-dir", str(metrics), "--tables-dir", str(tmp_path / "tables"),
-           "--logs", str(logs), "--eval-checkpoints", "epoch", "--train-args", train,
-           "--eval-args", " ".join(["backend=vllm", f"vllm.python={vllm_python}", "limit=2", "max_new_tokens=8",
-                                    "progress=false", *TABLE1_DATA])]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    ids = {j["name"]: j["job_id"] for j in json.loads(next(logs.glob("submit-*.json")).read_text())["jobs"]}
+    ids = submit(env, tmp_path, "table1-eaft", minis, mini_data, steps=4, save_steps=2, checkpoints="epoch",
+                 eval_args=["backend=vllm", f"vllm.python={vllm_python}", *TABLE1_DATA])
     assert list(ids) == ["train-qwen3-4b", "eval-qwen3-4b", "eval-qwen3-4b-base", "tables"]
     run = runs / "qwen3-4b-math-eaft-s42"
 
@@ -311,3 +330,81 @@ def test_table1_eaft_through_submit_on_the_slurm_cluster(minis, mini_data, vllm_
     base_row, eaft_row = ours_row(table, "Qwen3-4B-Instruct", ""), ours_row(table, "Qwen3-4B-Instruct", "EAFT")
     assert all(c != "–" for c in base_row[2:9]) and all(c != "–" for c in eaft_row[2:9]), (base_row, eaft_row)
     assert re.search(r"step [24] of 2 evaluated", eaft_row[-1]), eaft_row
+
+
+# {experiment: (model, the paper's name for it, the target benchmarks, their fixtures and the general ones', the
+# table file, its columns in the paper's layout)}
+TABLES_2_3 = {
+    "table2-eaft": ("qwen3-4b-thinking", "Qwen3-4B-Thinking-2507", ["medmcqa", "medqa", "pubmedqa"], TABLE2_DATA,
+                    "table2_medical.md", ["MedMCQA", "MedQA", "PubMedQA", "Med", "MMLU", "IFEval", "CLUEWSC",
+                                          "General (Δ)"]),
+    "table3-eaft": ("qwen3-4b", "Qwen3-4B-Instruct-2507", ["bfcl_v3"], TABLE3_DATA, "table3_agent.md",
+                    ["BFCL v3", "MMLU", "IFEval", "CLUEWSC", "General (Δ)"])}
+
+
+@pytest.mark.parametrize("name", list(TABLES_2_3))
+def test_tables_2_and_3_eaft_through_submit_on_the_slurm_cluster(name, minis, mini_data, rehearsal_cluster,
+                                                                  tmp_path):
+    """table2-eaft (the Qwen3-4B-Thinking miniature on the medical miniature, its reasoning in the thinking template)
+    and table3-eaft (the Qwen3-4B-Instruct miniature on the agent tool-call miniature) as slurm/submit.py queues them,
+    the same chain as Table 1's above with only the weights, the data and the sizes replaced: training through
+    train.sbatch on 2 torchrun ranks under the paper trainer (2 steps), the sweep (`--eval-checkpoints final`, its
+    cheapest rule) and the base row on the table's whole suite, and the tables job writing the table in the paper's
+    layout, our rows naming the step used. Evaluated with the HF backend, limit 2, 8 new tokens (the thinking
+    model's budget included): vLLM's path and the kill and requeue are rehearsed by Table 1's test and would only
+    add minutes here. Table 2's every benchmark is scored by generation with the answer after the reasoning, as the
+    paper scores its thinking model."""
+    from tests.test_slurm import assert_completed, wait, when
+
+    model, paper_name, target, fixtures, table_file, columns = TABLES_2_3[name]
+    env, logs, runs, metrics = rehearsal_cluster, tmp_path / "logs", tmp_path / "runs", tmp_path / "metrics"
+    ids = submit(env, tmp_path, name, minis, mini_data, steps=2, save_steps=2, checkpoints="final",
+                 eval_args=["backend=hf", *fixtures])
+    assert list(ids) == [f"train-{model}", f"eval-{model}", f"eval-{model}-base", "tables"]
+    wait(env, list(ids.values()), logs, timeout=1800)
+    rec = {job: assert_completed(env, job_id, logs) for job, job_id in ids.items()}
+    train_end = when(rec[f"train-{model}"][0], "EndTime")
+    assert when(rec[f"eval-{model}"][0], "StartTime") >= train_end  # the sweep after its training
+    evals = rec[f"eval-{model}"] + rec[f"eval-{model}-base"]
+    assert when(rec["tables"][0], "StartTime") >= max(when(r, "EndTime") for r in evals)
+
+    e = experiment(name)
+    run = runs / f"{model}-{e['data']}-eaft-s42"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["finished"] and info["world_size"] == 2 and info["global_step"] == 2, info
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.deepspeed.zero_optimization.stage == 3 and cfg.trainer.bf16 and cfg.profile == "paper"
+    assert cfg.method.name == "eaft" and cfg.data.name == e["data"]
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "loss" in s] == [1, 2]
+
+    # The sweep (final only) and the base row, on the whole suite: the target benchmarks and the general ones
+    assert not list((metrics / run.name).glob("checkpoint-*"))
+    thinking = model == "qwen3-4b-thinking"
+    for where, step in ((metrics / run.name, 2), (metrics / model, None)):
+        for bench in [*target, "mmlu", "ifeval", "cluewsc"]:
+            result = json.loads((where / f"{bench}.json").read_text())
+            assert result["step"] == step and result["n"] >= 1, (where, bench)
+            assert result["settings"]["backend"] == "hf", (where, bench)
+            if not thinking:
+                continue
+            # the thinking model: every benchmark generated and graded on the text after the last </think>
+            assert result["settings"]["thinking"] is True and result["settings"]["max_new_tokens"] == 8, result
+            assert result["settings"]["answer"].startswith("text after the last </think>"), (where, bench, result)
+            if bench != "ifeval":  # the multiple-choice ones by generation (MedEvalKit's protocol), not log-likelihood
+                assert result["settings"]["scoring"] == "generative multiple choice", (where, bench, result)
+                items = [json.loads(x) for x in (where / "items" / f"{bench}.jsonl").read_text().splitlines()]
+                assert len(items) == result["n"] and all(  # 8 random tokens never close the reasoning: no answer
+                    pred is None for it in items for pred, cut in zip(it["preds"], it["unterminated"]) if cut), items
+                assert result["metrics"]["unterminated_reasoning_n"] == sum(sum(it["unterminated"]) for it in items)
+    base = json.loads((metrics / model / f"{target[0]}.json").read_text())
+    assert base["method"] == "base" and base["model"].endswith(f"rehearsal/models/{model}")
+
+    # The table in the paper's layout: the base row and the EAFT row of ours, with the step each used
+    table = (tmp_path / "tables" / table_file).read_text()
+    header = next(x for x in table.splitlines() if x.startswith("| model / method |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["model / method", "source", *columns, "note"]
+    base_row, eaft_row = ours_row(table, paper_name, ""), ours_row(table, paper_name, "EAFT")
+    for row in (base_row, eaft_row):
+        assert len(row) == len(columns) + 3 and all(c != "–" for c in row[2:-1]), (row, table)
+    assert "step" not in base_row[-1] and eaft_row[-1].endswith("seed 42: step 2 of 1 evaluated"), (eaft_row, table)
