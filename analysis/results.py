@@ -21,8 +21,8 @@ run_info.json, and results of a run whose run_info.json says it failed (stopped 
 scores finite accuracies, which would otherwise be averaged with its healthy seeds.
 
 Checkpoint selection (`select_checkpoints`): "final" keeps each run's last evaluated step; "best" keeps the step
-with the best mean over all evaluated benchmarks, the paper's protocol (docs/paper.md, "Published settings"),
-which selects on the test sets. The step each run kept is its `checkpoint` ("step N of M evaluated"), carried by
+with the best mean over all evaluated benchmarks, the paper's protocol (docs/paper.md, "Published settings"), which
+selects on the test sets. The step each run kept is its `checkpoint` ("step N (best of M evaluated)"), carried by
 `seed_means` into every table row (`checkpoints`). The steps come from the checkpoint sweep (evaluation/sweep.py,
 what slurm/submit.py queues): results/metrics/<run>/checkpoint-N/ and the final model's results/metrics/<run>/.
 """
@@ -205,7 +205,8 @@ def select_checkpoints(df: pd.DataFrame, how: str = "best") -> pd.DataFrame:
             full = scores[scores["count"] == scores["count"].max()] if not scores.empty else scores
             chosen = full["mean"].idxmax() if not full.empty else g["_order"].max()
         step = "final" if chosen == float("inf") else f"step {int(chosen)}"
-        keep.append(g[g["_order"] == chosen].assign(checkpoint=f"{step} of {n} evaluated"))
+        rank = "best" if how == "best" else "last"
+        keep.append(g[g["_order"] == chosen].assign(checkpoint=f"{step} ({rank} of {n} evaluated)"))
     label = {"best": "best mean over all evaluated benchmarks (the paper's selection, made on the test sets)",
              "final": "final checkpoint"}[how]
     return pd.concat(keep).drop(columns="_order").assign(selection=label)

@@ -11,7 +11,7 @@ Writes to results/tables/ (config: configs/analysis_tables.yaml):
     paper_consistency.md   every printed average and delta of the paper checked against its cells
 Our numbers: per run one checkpoint (`select`, default "best": the paper's selection on the test sets, labelled
 as such in every table; `select=final` the last), then the mean over seeds; each row's note names the step every
-seed used ("seed 1: step 1200 of 11 evaluated").
+seed used ("seed 1: step 1200 (best of 11 evaluated)").
 """
 
 from __future__ import annotations

@@ -141,12 +141,12 @@ def test_table1_rows_ours_beside_paper(metrics):
     assert pd.isna(row.loc[("glm4-9b", "eaft", "ours"), "general_avg"])  # nothing of ours there
     # every row of ours names the checkpoint each seed used (the sweep's steps; a result without one is final)
     assert row.loc[("qwen3-4b", "eaft", "ours (paper)"), "note"] == (
-        "2 seed(s); seed 1: final of 1 evaluated; seed 2: final of 1 evaluated")
-    assert row.loc[("qwen3-4b", "sft", "ours (paper)"), "note"] == "1 seed(s); seed 1: step 200 of 3 evaluated"
+        "2 seed(s); seed 1: final (best of 1 evaluated); seed 2: final (best of 1 evaluated)")
+    assert row.loc[("qwen3-4b", "sft", "ours (paper)"), "note"] == "1 seed(s); seed 1: step 200 (best of 3 evaluated)"
     final = tables.build_table(layouts()["table1"], "table1", load_paper(),
                                tables.ours_scores(select_checkpoints(metrics, "final"))).set_index(
         ["model", "method", "source", "profile"])
-    assert final.loc[("qwen3-4b", "sft", "ours", "paper"), "note"] == "1 seed(s); seed 1: step 300 of 3 evaluated"
+    assert final.loc[("qwen3-4b", "sft", "ours", "paper"), "note"] == "1 seed(s); seed 1: step 300 (last of 3 evaluated)"
 
 
 def test_the_papers_two_inconsistent_averages_are_found():

@@ -47,8 +47,8 @@ def test_the_sweep_feeds_the_tables_selection_and_fig2a(two_epochs, tmp_path):
     assert sorted(df.loc[df["run"] == run, "step"].unique()) == [10, 24]
     best = select_checkpoints(df, "best")
     final = select_checkpoints(df, "final")
-    assert set(final["step"]) == {24} and set(final["checkpoint"]) == {"step 24 of 2 evaluated"}
-    assert set(best["checkpoint"]) == {f"step {int(best['step'].iloc[0])} of 2 evaluated"}
+    assert set(final["step"]) == {24} and set(final["checkpoint"]) == {"step 24 (last of 2 evaluated)"}
+    assert set(best["checkpoint"]) == {f"step {int(best['step'].iloc[0])} (best of 2 evaluated)"}
     # Fig. 2a: the general benchmark (CLUEWSC) at each evaluated step
     steps = general_by_step(df)
     assert sorted(steps.loc[steps["method"] == "eaft", "step"]) == [10, 24]

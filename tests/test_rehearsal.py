@@ -329,7 +329,7 @@ def test_table1_eaft_through_submit_on_the_slurm_cluster(minis, mini_data, vllm_
     table = (tmp_path / "tables" / "table1_math.md").read_text()
     base_row, eaft_row = ours_row(table, "Qwen3-4B-Instruct", ""), ours_row(table, "Qwen3-4B-Instruct", "EAFT")
     assert all(c != "–" for c in base_row[2:9]) and all(c != "–" for c in eaft_row[2:9]), (base_row, eaft_row)
-    assert re.search(r"step [24] of 2 evaluated", eaft_row[-1]), eaft_row
+    assert re.search(r"step [24] \(best of 2 evaluated\)", eaft_row[-1]), eaft_row
 
 
 # {experiment: (model, the paper's name for it, the target benchmarks, their fixtures and the general ones', the
@@ -407,4 +407,4 @@ def test_tables_2_and_3_eaft_through_submit_on_the_slurm_cluster(name, minis, mi
     base_row, eaft_row = ours_row(table, paper_name, ""), ours_row(table, paper_name, "EAFT")
     for row in (base_row, eaft_row):
         assert len(row) == len(columns) + 3 and all(c != "–" for c in row[2:-1]), (row, table)
-    assert "step" not in base_row[-1] and eaft_row[-1].endswith("seed 42: step 2 of 1 evaluated"), (eaft_row, table)
+    assert "step" not in base_row[-1] and eaft_row[-1].endswith("seed 42: step 2 (best of 1 evaluated)"), (eaft_row, table)
