@@ -135,6 +135,21 @@ def forgetting(est: dict | None) -> str:
     return {"confirmed": "forgets", "refuted": "gains", "unresolved": "no detectable change"}[v]
 
 
+def sft_forgetting(cells: dict, names: list[str]) -> tuple[list[str], str]:
+    """The arms after which SFT forgets (retention below zero beyond t(df) SE), and the sentence the
+    preregistration (Sec. 5, "Forgetting per arm") asks the report to state, including when no arm does."""
+    forgets = [a for a in names if forgetting(cells.get((a, "sft"), {}).get("knowledge_retention")) == "forgets"]
+    measured = [a for a in names if cells.get((a, "sft"), {}).get("knowledge_retention")]
+    if not measured:
+        return [], "SFT's knowledge retention was measured on no arm."
+    if forgets:
+        return forgets, (f"SFT forgets (retention below zero beyond t(df) SE) after {', '.join(forgets)}; "
+                         f"after the other arms ({', '.join(a for a in measured if a not in forgets) or 'none'}) "
+                         "it does not.")
+    return [], ("No arm makes SFT forget at this scale: on none is SFT's retention below zero beyond t(df) SE. P6 and "
+                "P7 therefore compare changes in knowledge, not forgetting.")
+
+
 def figure(arms: list[dict], cells: dict, methods: list[str]):
     import matplotlib.pyplot as plt
 
@@ -190,6 +205,7 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     vs = {(a, m): {k: versus_sft(loaded, by_key, a, m, k) for k in MEASURES}
           for a in names for m in methods if m != "sft"}
     share = {a["name"]: a["measured_conflict_share"] for a in arms}
+    forgets_on, forgetting_text = sft_forgetting(cells, names)
     headlines = [{"name": f"{p['id']} ({p['measure']})", "value": p["value"], "se": p["se"], "seeds": p["seeds"]}
                  for p in preds.values()]
     headlines += [{"name": f"{m} - sft on {a}: {k}", "value": e["value"], "se": e["se"], "seeds": e["seeds"]}
@@ -201,6 +217,7 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
                "predictions": list(preds.values()),
                "cells": [{"arm": a, "method": m, **{k: e for k, e in ks.items()}} for (a, m), ks in cells.items()
                          if any(ks.values())],
+               "sft_forgets_on": forgets_on, "forgetting": forgetting_text,
                "versus_sft": [{"arm": a, "method": m, **ks} for (a, m), ks in vs.items() if any(ks.values())],
                "open_questions": oq, "environment": environment, "headlines": headlines}
     atomic_write_json(out / "summary.json", summary)
@@ -236,7 +253,7 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
                      f"{fmt(ks['injected_learned'])} |")
     lines += ["", ("\"forgetting?\": retention below zero beyond t(df) SE (forgets), above it (gains), or neither. "
                    "Retention is the change in log p of each known fact's answer tokens, given the question and the "
-                   "base model's own lead-in."), "",
+                   "base model's own lead-in."), "", forgetting_text, "",
               "## Each method minus SFT on the same arm (descriptive)", "",
               "| arm | method | seeds | KL to base Δ | base-answer NLL Δ | knowledge retention Δ | target gain Δ |",
               "|---|---|---|---|---|---|---|"]

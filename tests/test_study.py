@@ -597,3 +597,20 @@ def test_each_preregistration_was_last_changed_before_its_first_result(prereg, r
     assert last_text, f"{prereg} was never committed"
     if first_result:
         assert last_text[0] <= min(first_result), f"{prereg} was changed after its first result ({results})"
+
+
+def test_the_v2_report_says_after_which_arms_sft_forgets_and_when_none_does():
+    from analysis.study_report_v2 import sft_forgetting
+
+    def ret(value, se):
+        return {"knowledge_retention": {"value": value, "se": se, "df": 4.0, "t_crit": 2.776, "seeds": 5}}
+
+    names = ["natural_notags", "control", "injected_d1"]
+    none = {("natural_notags", "sft"): ret(-0.02, 0.01), ("control", "sft"): ret(0.3, 0.05),
+            ("injected_d1", "sft"): ret(-0.05, 0.02), ("injected_d1", "eaft"): ret(-0.5, 0.01)}
+    arms, text = sft_forgetting(none, names)  # -0.05 is 2.5 SE below zero: not beyond t(4) = 2.78
+    assert arms == [] and text.startswith("No arm makes SFT forget") and "not forgetting" in text
+    some = {**none, ("injected_d1", "sft"): ret(-0.06, 0.02)}
+    arms, text = sft_forgetting(some, names)
+    assert arms == ["injected_d1"] and "after injected_d1" in text and "natural_notags, control" in text
+    assert sft_forgetting({}, names)[0] == [] and "no arm" in sft_forgetting({}, names)[1]
