@@ -13,7 +13,8 @@ z_si = mu + a_s + b_i + e_si (a: seed, b: item, shared by every seed, e: their i
     Var(mu_hat) = sigma_a^2 / S + sigma_b^2 / n + sigma_e^2 / (S n) = (MS_seed + MS_item - MS_err) / (S n)
 
 with the mean squares of the S x n table (an unbiased estimate; floored at max(MS_seed, MS_item) / (S n), the
-larger of its two one-way bounds, when sampling noise drives it lower). Degrees of freedom: Satterthwaite's for
+larger of its two one-way bounds, when sampling noise drives it lower, with that mean square's df; the result also
+carries the unfloored SE and df, `unfloored(est)`). Degrees of freedom: Satterthwaite's for
 that combination of mean squares; with few seeds and seed noise dominant they approach S - 1. Decisions use the
 two-sided 5% point of Student's t at those df, not a fixed 2.
 
@@ -54,7 +55,9 @@ def pseudo_values(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def two_way(x, t) -> dict:
     """{value, se, df, t_crit, seeds, items, se_seeds, se_items}: the mean over seeds of the per-seed ratios, its
     two-way SE (seed and shared-item noise), Satterthwaite df and the matching t quantile. se_seeds and se_items
-    are the two one-way parts, sqrt(MS_seed / (S n)) and sqrt(MS_item / (S n)), for the reader."""
+    are the two one-way parts, sqrt(MS_seed / (S n)) and sqrt(MS_item / (S n)), for the reader; with two seeds or
+    more, `floored` says whether the floor set the SE, and se_unfloored / df_unfloored / t_crit_unfloored are the
+    formula's own (se_unfloored None when its bracket is <= 0)."""
     r, z = pseudo_values(x, t)
     s, n = z.shape
     value = float(r.mean())
@@ -67,15 +70,28 @@ def two_way(x, t) -> dict:
     ms_seed = n * float(((r - value) ** 2).sum()) / (s - 1)
     resid = z - z.mean(1, keepdims=True) - item_means[None, :] + z.mean()
     ms_err = float((resid ** 2).sum()) / ((s - 1) * (n - 1))
-    combined = ms_seed + ms_item - ms_err
+    bracket = ms_seed + ms_item - ms_err
+    den = ms_seed ** 2 / (s - 1) + ms_item ** 2 / (n - 1) + ms_err ** 2 / ((s - 1) * (n - 1))
+    df_unfloored = bracket ** 2 / den if den > 0 else float("inf")
     floor = max(ms_seed, ms_item)
-    if combined < floor:
+    if bracket < floor:
         combined, df = floor, (s - 1 if ms_seed >= ms_item else n - 1)
     else:
-        den = ms_seed ** 2 / (s - 1) + ms_item ** 2 / (n - 1) + ms_err ** 2 / ((s - 1) * (n - 1))
-        df = combined ** 2 / den if den > 0 else float("inf")
+        combined, df = bracket, df_unfloored
     return {"value": value, "se": math.sqrt(combined / (s * n)), "df": float(df), "t_crit": _t_crit(df),
-            "seeds": s, "items": n, "se_seeds": math.sqrt(ms_seed / (s * n)), "se_items": math.sqrt(ms_item / (s * n))}
+            "seeds": s, "items": n, "se_seeds": math.sqrt(ms_seed / (s * n)), "se_items": math.sqrt(ms_item / (s * n)),
+            "floored": bracket < floor,
+            "se_unfloored": math.sqrt(bracket / (s * n)) if bracket > 0 else None,
+            "df_unfloored": float(df_unfloored), "t_crit_unfloored": _t_crit(df_unfloored)}
+
+
+def unfloored(est: dict | None) -> dict | None:
+    """The estimate with the SE and df of the formula alone, (MS_seed + MS_item - MS_err) / (S n) at Satterthwaite's
+    df, without the floor: the conflict study v2's preregistration states this formula and not the floor, so its
+    report shows the decisions under both (results/LOG.md). None SE (a bracket <= 0) decides nothing."""
+    if not est or "se_unfloored" not in est:
+        return est
+    return {**est, "se": est["se_unfloored"], "df": est["df_unfloored"], "t_crit": est["t_crit_unfloored"]}
 
 
 def independent_items_se(x, t) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.demo_report import load_run
-from analysis.estimators import decide
+from analysis.estimators import decide, unfloored
 from analysis.study_contrasts import contrast_two_way
 from common.files import atomic_write_json, atomic_write_text
 
@@ -61,8 +61,8 @@ MEASURES = {"kl_to_base": (DRIFT, None, False, None), "base_answer_nll": (DRIFT,
             "injected_learned": (INJECTED, None, False, -1)}
 
 
-def overall(preds: dict[str, dict]) -> str:
-    v = {k: preds[k]["verdict"] for k in ("P1", "C1", "P2")}
+def overall(preds: dict[str, dict], key: str = "verdict") -> str:
+    v = {k: preds[k][key] for k in ("P1", "C1", "P2")}
     if "refuted" in v.values():
         return "refuted"
     if all(x == "confirmed" for x in v.values()):
@@ -90,7 +90,10 @@ def prediction(loaded, by_key, roles: dict[str, str], spec) -> dict:
             **({k: est[k] for k in ("value", "se", "df", "t_crit", "seeds", "items", "se_seeds", "se_items")}
                if est else {"value": None, "se": None, "df": None, "t_crit": None, "seeds": 0, "items": 0,
                             "se_seeds": None, "se_items": None}),
-            "verdict": decide(est, sign, MARGIN)}
+            "verdict": decide(est, sign, MARGIN),
+            # Sec. 4's formula as written, without the estimator's floor (results/LOG.md): shown beside, never replacing
+            "floored": bool(est and est.get("floored")), "se_unfloored": est and est.get("se_unfloored"),
+            "df_unfloored": est and est.get("df_unfloored"), "verdict_unfloored": decide(unfloored(est), sign, MARGIN)}
 
 
 def cell_measure(loaded, by_key, base, arm, method, key) -> dict | None:
@@ -124,12 +127,19 @@ def fmt(est: dict | None, d: int = 3) -> str:
     return f"{est['value']:+.{d}f} ± {est['se']:.{d}f}"
 
 
+def unfloored_text(p: dict) -> str:
+    if p.get("value") is None or p.get("seeds", 0) < 2:
+        return "–"
+    se = "–" if p["se_unfloored"] is None else f"{p['se_unfloored']:.3f}"
+    return (f"{'floored; ' if p['floored'] else ''}± {se}, {p['df_unfloored']:.1f}, {p['verdict_unfloored']}")
+
+
 def df_text(est: dict | None) -> str:
     return "–" if not est or est.get("df") is None else f"{est['df']:.1f}"
 
 
 def forgetting(est: dict | None) -> str:
-    if not est or est.get("se") is None:
+    if not est or est.get("se") is None or est.get("seeds", 0) < 2:  # one seed is never decided
         return "–"
     v = decide(est, -1)
     return {"confirmed": "forgets", "refuted": "gains", "unresolved": "no detectable change"}[v]
@@ -139,13 +149,13 @@ def sft_forgetting(cells: dict, names: list[str]) -> tuple[list[str], str]:
     """The arms after which SFT forgets (retention below zero beyond t(df) SE), and the sentence the
     preregistration (Sec. 5, "Forgetting per arm") asks the report to state, including when no arm does."""
     forgets = [a for a in names if forgetting(cells.get((a, "sft"), {}).get("knowledge_retention")) == "forgets"]
-    measured = [a for a in names if cells.get((a, "sft"), {}).get("knowledge_retention")]
+    measured = [a for a in names if forgetting(cells.get((a, "sft"), {}).get("knowledge_retention")) != "–"]
     if not measured:
-        return [], "SFT's knowledge retention was measured on no arm."
+        return [], "SFT's knowledge retention was measured with two seeds or more on no arm."
+    rest = [a for a in measured if a not in forgets]
     if forgets:
-        return forgets, (f"SFT forgets (retention below zero beyond t(df) SE) after {', '.join(forgets)}; "
-                         f"after the other arms ({', '.join(a for a in measured if a not in forgets) or 'none'}) "
-                         "it does not.")
+        return forgets, (f"SFT forgets (retention below zero beyond t(df) SE) after {', '.join(forgets)}"
+                         + (f"; after {', '.join(rest)} it does not." if rest else ": every arm measured."))
     return [], ("No arm makes SFT forget at this scale: on none is SFT's retention below zero beyond t(df) SE. P6 and "
                 "P7 therefore compare changes in knowledge, not forgetting.")
 
@@ -200,6 +210,7 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
              "hi": max(injected, key=lambda a: a["measured_conflict_share"])["name"] if injected else None}
     preds = {spec[0]: prediction(loaded, by_key, roles, spec) for spec in PREDICTIONS}
     verdict = overall(preds)
+    verdict_unfloored = overall(preds, "verdict_unfloored")
     methods = list(dict.fromkeys(c["method"] for c in runs.values()))
     cells = {(a, m): {k: cell_measure(loaded, by_key, base, a, m, k) for k in MEASURES} for a in names for m in methods}
     vs = {(a, m): {k: versus_sft(loaded, by_key, a, m, k) for k in MEASURES}
@@ -211,7 +222,7 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     headlines += [{"name": f"{m} - sft on {a}: {k}", "value": e["value"], "se": e["se"], "seeds": e["seeds"]}
                   for (a, m), ks in vs.items() for k, e in ks.items() if e]
     summary = {"profile": profile, "command": command, "model": model, "preregistration": "PREREGISTRATION.md",
-               "verdict": verdict, "verdict_rule": VERDICT_RULE, "main_lr": main_lr, "roles": roles,
+               "verdict": verdict, "verdict_unfloored": verdict_unfloored, "verdict_rule": VERDICT_RULE, "main_lr": main_lr, "roles": roles,
                "arms": [{k: a.get(k) for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")}
                         for a in arms],
                "predictions": list(preds.values()),
@@ -237,9 +248,15 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     lines += [f"| {a['name']} | {role_of.get(a['name'], '–')} | {100 * a['measured_conflict_share']:.2f}% | "
               f"{a['n_examples']} | {a['n_tokens']} |" for a in arms]
     lines += ["", f"## Predictions (lr {main_lr:g})", "",
-              "| id | role | prediction | value ± SE | df | seeds | verdict |", "|---|---|---|---|---|---|---|"]
+              ("| id | role | prediction | value ± SE | df | seeds | verdict | without the floor: SE, df, verdict |"),
+              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {p['id']} | {p['role']} | {p['text'].replace('|', '∣')} | {fmt(p)} | {df_text(p)} | {p['seeds']} | "
-              f"**{p['verdict']}** |" for p in preds.values()]
+              f"**{p['verdict']}** | {unfloored_text(p)} |" for p in preds.values()]
+    lines += ["", ("Without the floor: the SE and df of Sec. 4's formula alone, (MS_seed + MS_item − MS_err) / (S n) at "
+                   "Satterthwaite's df. The estimator (analysis/estimators.py, committed before the preregistration) "
+                   "raises that variance to max(MS_seed, MS_item) / (S n), with that mean square's df, when it falls "
+                   "below it ('floored' above); the preregistration's text does not state the floor, so both are "
+                   f"shown (results/LOG.md). Verdict without the floor: **{verdict_unfloored}**.")]
     lines += ["", "## Cells: each arm and method against the base model (mean over seeds ± SE)", "",
               ("| arm | conflict share | method | seeds | KL to base ↓ | base-answer NLL Δ ↓ | knowledge retention ↑ | "
               "forgetting? | target gain ↑ | injected learned |"), "|---|---|---|---|---|---|---|---|---|---|"]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.estimators import decide, independent_items_se, pseudo_values, two_way
+from analysis.estimators import decide, independent_items_se, pseudo_values, two_way, unfloored
 
 S, N, REPS = 5, 64, 1500
 
@@ -79,3 +79,41 @@ def test_decisions_use_t_at_the_estimates_df():
     assert decide({"value": 0.02, "se": 0.002, "t_crit": 2.0}, 0, margin=0.01) == "refuted"
     assert decide(None, +1) == "unresolved"
     assert decide({**est, "df": 60, "t_crit": 2.0, "seeds": 1}, +1) == "unresolved"  # one seed: no training noise
+
+
+def mean_squares(z):
+    s, n = z.shape
+    grand, rows, cols = z.mean(), z.mean(1), z.mean(0)
+    ms_seed = n * ((rows - grand) ** 2).sum() / (s - 1)
+    ms_item = s * ((cols - grand) ** 2).sum() / (n - 1)
+    ms_err = ((z - rows[:, None] - cols[None, :] + grand) ** 2).sum() / ((s - 1) * (n - 1))
+    return ms_seed, ms_item, ms_err
+
+
+def test_the_floor_and_the_formula_alone_are_both_reported():
+    """The estimate carries the formula's own SE and Satterthwaite df beside the floored ones, and says which set
+    the SE: equal when the formula is above the floor, the floor's one-way df when it is below."""
+    rng = np.random.default_rng(7)
+    seen = set()
+    for sds in [(0.02, 0.01, 0.01), (0.0, 0.01, 0.02), (0.0, 0.0, 0.02)]:
+        for _ in range(40):
+            z, t = simulate(rng, *sds)
+            est = two_way(z, t)
+            ms_seed, ms_item, ms_err = mean_squares(z)
+            bracket = ms_seed + ms_item - ms_err
+            den = ms_seed ** 2 / (S - 1) + ms_item ** 2 / (N - 1) + ms_err ** 2 / ((S - 1) * (N - 1))
+            assert est["df_unfloored"] == pytest.approx(bracket ** 2 / den)
+            if bracket > 0:
+                assert est["se_unfloored"] == pytest.approx(math.sqrt(bracket / (S * N)))
+            else:
+                assert est["se_unfloored"] is None and decide(unfloored(est), +1) == "unresolved"
+            assert est["floored"] == (bracket < max(ms_seed, ms_item))
+            if est["floored"]:
+                assert est["se"] == pytest.approx(math.sqrt(max(ms_seed, ms_item) / (S * N)))
+                assert est["df"] == (S - 1 if ms_seed >= ms_item else N - 1)
+            else:
+                assert (est["se"], est["df"]) == (est["se_unfloored"], est["df_unfloored"])
+            u = unfloored(est)
+            assert (u["se"], u["df"], u["value"]) == (est["se_unfloored"], est["df_unfloored"], est["value"])
+            seen.add(est["floored"])
+    assert seen == {True, False}  # both branches ran

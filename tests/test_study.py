@@ -538,6 +538,10 @@ def test_the_tiny_v2_profile_end_to_end(tmp_path):
         assert p["estimator"].startswith("two-way") and p["seeds"] == 2 and p["se"] is not None, p
         assert p["verdict"] in ("confirmed", "refuted", "unresolved")
     assert summary["verdict"] in ("supported", "partly supported", "refuted", "unresolved")
+    # the preregistration's formula without the estimator's floor, decided beside it (results/LOG.md)
+    assert summary["verdict_unfloored"] in ("supported", "partly supported", "refuted", "unresolved")
+    assert all(p["verdict_unfloored"] in ("confirmed", "refuted", "unresolved") for p in preds.values())
+    assert "Verdict without the floor" in (out / "table.md").read_text() and summary["forgetting"]
     assert summary["environment"]["precision"] == "fp32" and "transformers" in summary["environment"]["packages"]
     on_policy = json.loads((out / "on_policy.json").read_text())
     assert on_policy["settings"]["mode"] == "complete" and on_policy["rows"] == 16
@@ -612,5 +616,5 @@ def test_the_v2_report_says_after_which_arms_sft_forgets_and_when_none_does():
     assert arms == [] and text.startswith("No arm makes SFT forget") and "not forgetting" in text
     some = {**none, ("injected_d1", "sft"): ret(-0.06, 0.02)}
     arms, text = sft_forgetting(some, names)
-    assert arms == ["injected_d1"] and "after injected_d1" in text and "natural_notags, control" in text
+    assert arms == ["injected_d1"] and "after injected_d1; after natural_notags, control it does not" in text
     assert sft_forgetting({}, names)[0] == [] and "no arm" in sft_forgetting({}, names)[1]
