@@ -75,7 +75,7 @@ audit: $(STAMP) ## confident-conflict audit of a data set: make audit MODEL=smol
 demo: $(STAMP) ## the embedded default: SFT vs EAFT on SmolLM2-135M, CPU; FULL=1 for every method x 3 seeds
 	$(PY) -m experiments.demo $(if $(FULL),demo_profile=full,) $(ARGS)
 
-study: $(STAMP) ## the conflict study: make study [PROFILE=quick|tiny] [ARGS=reuse_kept=true] (results/study/)
+study: $(STAMP) ## the conflict study: make study [PROFILE=v2|quick|tiny] [ARGS=reuse_kept=true] (results/study/)
 	$(PY) -m experiments.study study_profile=$(or $(PROFILE),full) $(ARGS)
 
 bench: $(STAMP) ## loss kernels: time and peak memory vs plain CE
