@@ -6,6 +6,7 @@
 - every number of ours in its results-at-a-glance table is in the committed file the row names;
 - the published numbers in docs/paper.md equal paper/results.csv, cell by cell;
 - the quoted demo numbers (the full profile's rows, the audit's calculator-tag finding) are the committed ones;
+- the conflict study's v2 verdict is stated only from its committed summary, with its deciding predictions;
 - the README's torch example runs; its commands are make targets; it stays short;
 - docs/trainers.md's time and memory rows are rows of results/bench/loss_kernels.md.
 """
@@ -196,6 +197,24 @@ def test_demo_readme_full_rows_are_the_committed_report(method, label):
     seeds, nll, mini, kl, base_nll = (c.strip().rstrip("*").replace("-", "−") for c in row.groups())
     expected = f"| {label} | {seeds} | {nll} | {kl} | {base_nll} | {mini} |"
     assert expected in DEMO_README.read_text(), f"results/demo/README.md's full-demo row for {label}: {expected}"
+
+
+def test_readme_states_the_study_v2_verdict_only_from_its_committed_summary():
+    """The conflict study's v2 verdict is stated in the README only once results/study/v2/summary.json (written by
+    `make study PROFILE=v2` when all its cells have finished) holds it, in the summary's words, with the deciding
+    predictions' values and SEs as the report writes them; until then the README says it is still running."""
+    text = " ".join(section(README.read_text(), "The conflict study").split()).replace("−", "-")
+    summary = REPO / "results/study/v2/summary.json"
+    stated = re.search(r"\*\*v2[^*]*?verdict is \*([a-z ]+)\*", text)
+    if not summary.is_file():
+        assert stated is None and "its verdict will be stated here when all have finished" in text
+        return
+    s = json.loads(summary.read_text())
+    assert stated and stated.group(1) == s["verdict"], "README's v2 verdict is not results/study/v2/summary.json's"
+    for p in s["predictions"]:
+        if p["role"] == "verdict":
+            quoted = f"{p['id']} {p['value']:+.3f} ± {p['se']:.3f}"
+            assert quoted in text, f"README's conflict study paragraph should quote {quoted!r} ({p['verdict']})"
 
 
 def test_calculator_tag_finding_is_the_committed_audit():
