@@ -131,7 +131,7 @@ def unfloored_text(p: dict) -> str:
     if p.get("value") is None or p.get("seeds", 0) < 2:
         return "–"
     se = "–" if p["se_unfloored"] is None else f"{p['se_unfloored']:.3f}"
-    return (f"{'floored; ' if p['floored'] else ''}± {se}, {p['df_unfloored']:.1f}, {p['verdict_unfloored']}")
+    return f"{'floored; ' if p['floored'] else ''}± {se}, {p['df_unfloored']:.1f}, {p['verdict_unfloored']}"
 
 
 def df_text(est: dict | None) -> str:
@@ -148,11 +148,11 @@ def forgetting(est: dict | None) -> str:
 def sft_forgetting(cells: dict, names: list[str]) -> tuple[list[str], str]:
     """The arms after which SFT forgets (retention below zero beyond t(df) SE), and the sentence the
     preregistration (Sec. 5, "Forgetting per arm") asks the report to state, including when no arm does."""
-    forgets = [a for a in names if forgetting(cells.get((a, "sft"), {}).get("knowledge_retention")) == "forgets"]
-    measured = [a for a in names if forgetting(cells.get((a, "sft"), {}).get("knowledge_retention")) != "–"]
-    if not measured:
+    label = {a: forgetting(cells.get((a, "sft"), {}).get("knowledge_retention")) for a in names}
+    forgets = [a for a in names if label[a] == "forgets"]
+    rest = [a for a in names if label[a] not in ("forgets", "–")]
+    if not forgets and not rest:
         return [], "SFT's knowledge retention was measured with two seeds or more on no arm."
-    rest = [a for a in measured if a not in forgets]
     if forgets:
         return forgets, (f"SFT forgets (retention below zero beyond t(df) SE) after {', '.join(forgets)}"
                          + (f"; after {', '.join(rest)} it does not." if rest else ": every arm measured."))
@@ -222,7 +222,8 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     headlines += [{"name": f"{m} - sft on {a}: {k}", "value": e["value"], "se": e["se"], "seeds": e["seeds"]}
                   for (a, m), ks in vs.items() for k, e in ks.items() if e]
     summary = {"profile": profile, "command": command, "model": model, "preregistration": "PREREGISTRATION.md",
-               "verdict": verdict, "verdict_unfloored": verdict_unfloored, "verdict_rule": VERDICT_RULE, "main_lr": main_lr, "roles": roles,
+               "verdict": verdict, "verdict_unfloored": verdict_unfloored, "verdict_rule": VERDICT_RULE,
+               "main_lr": main_lr, "roles": roles,
                "arms": [{k: a.get(k) for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")}
                         for a in arms],
                "predictions": list(preds.values()),
@@ -248,7 +249,7 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     lines += [f"| {a['name']} | {role_of.get(a['name'], '–')} | {100 * a['measured_conflict_share']:.2f}% | "
               f"{a['n_examples']} | {a['n_tokens']} |" for a in arms]
     lines += ["", f"## Predictions (lr {main_lr:g})", "",
-              ("| id | role | prediction | value ± SE | df | seeds | verdict | without the floor: SE, df, verdict |"),
+              "| id | role | prediction | value ± SE | df | seeds | verdict | without the floor: SE, df, verdict |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {p['id']} | {p['role']} | {p['text'].replace('|', '∣')} | {fmt(p)} | {df_text(p)} | {p['seeds']} | "
               f"**{p['verdict']}** | {unfloored_text(p)} |" for p in preds.values()]
