@@ -1,7 +1,8 @@
-"""`make demo ARGS=reuse_kept=true` and `make study ARGS=reuse_kept=true`, as a user runs them on a fresh clone, on
-whatever CPU this is: every committed cell is taken as done (nothing trains, nothing is evaluated) and the committed
-reports come out byte for byte. Slow tier: each command runs in a copy of the checkout (its data/ linked to this
-one's, for the SmolLM2 folder and the benchmark bundle) and compares the copy's results/ with the committed one."""
+"""`make demo ARGS=reuse_kept=true` and `make study [PROFILE=v2] ARGS=reuse_kept=true`, as a user runs them on a
+fresh clone, on whatever CPU this is: every committed cell is taken as done (nothing trains, nothing is evaluated)
+and the committed reports come out byte for byte. Slow tier: each command runs in a copy of the checkout (its data/
+linked to this one's, for the SmolLM2 folder and the benchmark bundle) and compares the copy's results/ with the
+committed one."""
 
 import os
 import shutil
@@ -42,7 +43,8 @@ def files(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("module, profile, cells", [
     ("experiments.demo", "demo_profile=quick", 2), ("experiments.demo", "demo_profile=full", 36),
-    ("experiments.study", "study_profile=quick", 6), ("experiments.study", "study_profile=full", 50)])
+    ("experiments.study", "study_profile=quick", 6), ("experiments.study", "study_profile=full", 50),
+    ("experiments.study", "study_profile=v2", 40)])
 def test_reuse_kept_rerenders_the_committed_report_without_training(clone, module, profile, cells):
     before = files(clone / "results")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
