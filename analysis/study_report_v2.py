@@ -197,9 +197,24 @@ def figure(arms: list[dict], cells: dict, methods: list[str]):
     return fig
 
 
+def substitutions_text(s: dict) -> str:
+    """One sentence: the tokens the injected arm replaces and the control's count beside it (the control asks for
+    as many in each row and gets fewer where the row has too few unsure positions at the required gap)."""
+    share = f" ({100 * s['control'] / s['injected']:.0f}%)" if s["injected"] else ""
+    text = (f"Substitutions (substitutions.json): {s['injected_arm']} replaces {s['injected']} tokens; the control "
+            f"asks for as many in each row and replaces {s['control']}{share}, fewer in {s['rows_with_fewer']} of "
+            f"{len(s['rows'])} rows, which hold too few unsure positions at the required gap.")
+    if not s["same_as_committed"]:
+        text += (" These counts come from a rebuilt substitution pass whose rows differ from the committed arm "
+                 "files; they describe the rebuild, not the arms trained.")
+    return text
+
+
 def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: list[dict], oq: dict,
-           profile: str, command: str, model: str, main_lr: float, environment: dict | None = None) -> dict:
-    """Write table.md, summary.json and forgetting.{png,pdf}; return their paths."""
+           profile: str, command: str, model: str, main_lr: float, environment: dict | None = None,
+           substitutions: dict | None = None) -> dict:
+    """Write table.md, summary.json and forgetting.{png,pdf}; return their paths. `substitutions`
+    (experiments.study_setup.substitutions) adds how many tokens the injected and control arms replace."""
     from analysis.plotting import save
 
     loaded = {r: load_run(metrics, r) for r in [base, *runs]}
@@ -226,6 +241,8 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
                "main_lr": main_lr, "roles": roles,
                "arms": [{k: a.get(k) for k in ("name", "measured_conflict_share", "n_examples", "n_tokens")}
                         for a in arms],
+               "substitutions": ({k: v for k, v in substitutions.items() if k not in ("key", "rows")}
+                                 if substitutions else None),
                "predictions": list(preds.values()),
                "cells": [{"arm": a, "method": m, **{k: e for k, e in ks.items()}} for (a, m), ks in cells.items()
                          if any(ks.values())],
@@ -248,6 +265,8 @@ def report(metrics: Path, out: Path, *, base: str, runs: dict[str, dict], arms: 
     role_of = {v: k for k, v in roles.items() if v}
     lines += [f"| {a['name']} | {role_of.get(a['name'], '–')} | {100 * a['measured_conflict_share']:.2f}% | "
               f"{a['n_examples']} | {a['n_tokens']} |" for a in arms]
+    if substitutions:
+        lines += ["", substitutions_text(substitutions)]
     lines += ["", f"## Predictions (lr {main_lr:g})", "",
               "| id | role | prediction | value ± SE | df | seeds | verdict | without the floor: SE, df, verdict |",
               "|---|---|---|---|---|---|---|---|"]

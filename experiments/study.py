@@ -25,6 +25,8 @@ resumes and a finished cell is never rerun:
 
 from __future__ import annotations
 
+import json
+
 from common.files import repo_path, repo_relative
 from experiments import study_setup as ss
 from experiments.runner import Runner
@@ -96,6 +98,8 @@ def main(cfg) -> dict:
     if cfg.report_only:  # what the committed files say, no model, no data
         arms = [a for a in ss.cached(runner.out / "arms.json", p.command) if a["name"] in ss.arm_names(cfg)]
         open_q = ss.cached(runner.out / "open_questions.json", p.command)
+        subs_file = runner.out / "substitutions.json"
+        subs = json.loads(subs_file.read_text()) if subs_file.exists() else None
     else:
         runner.resolve(todo)
         with runner.timer("set-up (model folder, data, benchmark files)"):
@@ -103,6 +107,7 @@ def main(cfg) -> dict:
         with runner.stage("arms: training files and measured conflict shares"):
             paths = ss.write_arms(cfg, base)
             arms = ss.measure_arms(cfg, base, paths)
+            subs = ss.substitutions(cfg, base)
         with runner.stage("knowledge probe"):
             probe_file = ss.probe(cfg, base, paths)
         with runner.stage("open questions: gate and top-K vs temperature"):
@@ -127,10 +132,11 @@ def main(cfg) -> dict:
     else:
         from analysis.study_report import report
 
+    extra = {"substitutions": subs} if p.get("report", "v1") == "v2" else {}
     keep = [repo_relative(runner.out)]
     return runner.finish(done, lambda env, timings: report(
         runner.metrics, runner.out, base=runner.base, runs=done, arms=arms, oq=open_q, environment=env,
-        profile=p.name, command=p.command, model=cfg.model.name, main_lr=float(p.cells[0].lr)), keep)
+        profile=p.name, command=p.command, model=cfg.model.name, main_lr=float(p.cells[0].lr), **extra), keep)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,41 @@ def write_arms(cfg, base: Base) -> dict[str, Path]:
     return paths
 
 
+def substitutions(cfg, base: Base) -> dict | None:
+    """How many tokens the highest-dose injected arm and the control arm replace, in all and per row, cached in
+    <out_dir>/substitutions.json (committed) under the arms' key and the two arm files' sha256; None for a profile
+    without a control arm. The control asks for as many as the injected arm makes in each row and gets fewer where
+    the row has too few unsure positions at the required gap, so its count is reported, not assumed. Counted from
+    the substitution plans of one teacher-forced pass, rebuilt here; `same_as_committed` says whether the rows they
+    give are the committed arm files byte for byte (the pass can differ across CPUs: then the counts describe a
+    rebuild, not the committed arms, and the file says so)."""
+    p = cfg.study_profile
+    if "control" not in p.arms or not p.doses:
+        return None
+    hi = sd.dose_arm(max(float(d) for d in p.doses))
+    kept_dir, out = repo_path(cfg.out_dir) / "arms", repo_path(cfg.out_dir) / "substitutions.json"
+    key = {**arms_key(cfg), "sha256": {a: sha256_file(kept_dir / f"{a}.jsonl") for a in (hi, "control")}}
+    if out.exists() and (old := json.loads(out.read_text())).get("key") == key:
+        return old
+    model, tok = base()
+    rows = sd.notags_rows(prompt_rows(cfg))
+    plans = sd.substitution_plans(model, tok, rows, cfg.seed)
+    dose = max(float(d) for d in p.doses)
+    injected, _ = sd.injected_rows(rows, plans, tok, dose, p.min_gap)
+    control, counts = sd.control_rows(rows, plans, tok, dose, p.min_gap)
+    per_row = [{"id": r.get("id"), "injected": sum(plan.substituted(dose, p.min_gap)),
+                "control": sum(plan.control_substituted(sum(plan.substituted(dose, p.min_gap)), p.min_gap))}
+               for r, plan in zip(rows, plans, strict=True)]
+    same = all((kept_dir / f"{a}.jsonl").read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
+               for a, rs in ((hi, injected), ("control", control)))
+    result = {"key": key, "injected_arm": hi, "injected": sum(r["injected"] for r in per_row),
+              "control": counts["substituted"], "control_wanted": counts["wanted"],
+              "rows_with_fewer": sum(r["control"] < r["injected"] for r in per_row),
+              "same_as_committed": same, "rows": per_row}
+    atomic_write_json(out, result)
+    return result
+
+
 def conflict_share(cfg, base: Base, rows: list[dict]) -> dict:
     """analysis.summaries.conflict_summary of the rows under the base model, as the demo and `make audit` measure."""
     from analysis.summaries import conflict_summary

@@ -553,6 +553,13 @@ def test_the_tiny_v2_profile_end_to_end(tmp_path):
         info = json.loads((run / "run_info.json").read_text())
         assert info["packages"]["torch"] and "bf16: false" in (run / "config.yaml").read_text()
     assert (out / "forgetting.png").stat().st_size > 10_000
+    # the control's substitution count beside the injected arm's, from the plans that built the committed arms
+    subs = json.loads((out / "substitutions.json").read_text())
+    assert subs["same_as_committed"] and subs["control_wanted"] == subs["injected"] >= subs["control"]
+    assert [r["control"] <= r["injected"] for r in subs["rows"]] == [True] * 16
+    assert subs["rows_with_fewer"] == sum(r["control"] < r["injected"] for r in subs["rows"])
+    assert summary["substitutions"]["control"] == subs["control"] == sum(r["control"] for r in subs["rows"])
+    assert "Substitutions (substitutions.json)" in (out / "table.md").read_text()
 
 
 def test_the_study_keeps_its_metrics_out_of_results_metrics():
@@ -618,3 +625,15 @@ def test_the_v2_report_says_after_which_arms_sft_forgets_and_when_none_does():
     arms, text = sft_forgetting(some, names)
     assert arms == ["injected_d1"] and "after injected_d1; after natural_notags, control it does not" in text
     assert sft_forgetting({}, names)[0] == [] and "no arm" in sft_forgetting({}, names)[1]
+
+
+def test_the_v2_report_counts_the_controls_substitutions_and_says_when_they_are_a_rebuilds():
+    from analysis.study_report_v2 import substitutions_text
+
+    s = {"injected_arm": "injected_d1", "injected": 1000, "control": 800, "rows_with_fewer": 3,
+         "same_as_committed": True, "rows": [{"injected": 10, "control": 10}] * 61 + [{"injected": 10, "control": 5}] * 3}
+    text = substitutions_text(s)
+    assert "replaces 1000 tokens" in text and "replaces 800 (80%), fewer in 3 of 64 rows" in text
+    assert "rebuilt" not in text
+    assert "describe the rebuild, not the arms trained" in substitutions_text({**s, "same_as_committed": False})
+    assert "replaces 0," in substitutions_text({**s, "injected": 0, "control": 0})  # a model confident nowhere
