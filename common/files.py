@@ -101,8 +101,13 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """Rows as JSON lines, exactly as atomic_write_jsonl writes them (so a file can be compared with rows)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return atomic_write_text(path, jsonl_text(rows))
 
 
 class NotUtf8Error(ValueError):

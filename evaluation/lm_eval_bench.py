@@ -65,9 +65,7 @@ def _normalise(path: Path, workdir: Path, required: list[str]) -> tuple[Path, in
         if isinstance(obj, dict) and obj and all(isinstance(v, dict) for v in obj.values()):
             rows = [dict(v, id=k) for k, v in obj.items()]
             _check_rows(path, rows, required)
-            out = workdir / "data" / (path.stem + ".jsonl")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            out = atomic_write_jsonl(workdir / "data" / (path.stem + ".jsonl"), rows)
             return out, len(rows), rows
     rows = read_rows(path)
     _check_rows(path, rows, required)

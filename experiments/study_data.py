@@ -212,8 +212,9 @@ def injected_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
 def control_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
                  min_gap: int = 0) -> tuple[list[dict], dict]:
     """The control arm: in every row, as many substitutions as the injected arm at `dose` makes in it, at control
-    positions (control_positions); counts of substitutions wanted, made, and control-eligible tokens."""
-    out, counts = [], {"tokens": 0, "control_eligible": 0, "wanted": 0, "substituted": 0}
+    positions (control_positions); counts of substitutions wanted, made, and control-eligible tokens, in all and
+    (`per_row`: wanted, made) row by row."""
+    out, counts = [], {"tokens": 0, "control_eligible": 0, "wanted": 0, "substituted": 0, "per_row": []}
     for row, plan in zip(rows, plans, strict=True):
         want = sum(plan.substituted(dose, min_gap))
         sub = plan.control_substituted(want, min_gap)
@@ -221,6 +222,7 @@ def control_rows(rows: list[dict], plans: list[Plan], tokenizer, dose: float,
         counts["control_eligible"] += sum(plan.control_eligible)
         counts["wanted"] += want
         counts["substituted"] += sum(sub)
+        counts["per_row"].append((want, sum(sub)))
         text = (tokenizer.decode(plan.control_ids(want, min_gap), clean_up_tokenization_spaces=False) if any(sub)
                 else response(row))
         out.append(with_response(row, text))

@@ -17,6 +17,7 @@ from common.files import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    jsonl_text,
     repo_path,
     repo_relative,
     sha256_file,
@@ -174,7 +175,8 @@ def substitutions(cfg, base: Base) -> dict | None:
     p = cfg.study_profile
     if "control" not in p.arms or not p.doses:
         return None
-    hi = sd.dose_arm(max(float(d) for d in p.doses))
+    dose = max(float(d) for d in p.doses)
+    hi = sd.dose_arm(dose)
     kept_dir, out = repo_path(cfg.out_dir) / "arms", repo_path(cfg.out_dir) / "substitutions.json"
     key = {**arms_key(cfg), "sha256": {a: sha256_file(kept_dir / f"{a}.jsonl") for a in (hi, "control")}}
     if out.exists() and (old := json.loads(out.read_text())).get("key") == key:
@@ -182,13 +184,12 @@ def substitutions(cfg, base: Base) -> dict | None:
     model, tok = base()
     rows = sd.notags_rows(prompt_rows(cfg))
     plans = sd.substitution_plans(model, tok, rows, cfg.seed)
-    dose = max(float(d) for d in p.doses)
     injected, _ = sd.injected_rows(rows, plans, tok, dose, p.min_gap)
     control, counts = sd.control_rows(rows, plans, tok, dose, p.min_gap)
-    per_row = [{"id": r.get("id"), "injected": sum(plan.substituted(dose, p.min_gap)),
-                "control": sum(plan.control_substituted(sum(plan.substituted(dose, p.min_gap)), p.min_gap))}
-               for r, plan in zip(rows, plans, strict=True)]
-    same = all((kept_dir / f"{a}.jsonl").read_text() == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
+    # the control wants exactly what the injected arm makes in the row
+    per_row = [{"id": r.get("id"), "injected": want, "control": made}
+               for r, (want, made) in zip(rows, counts["per_row"], strict=True)]
+    same = all((kept_dir / f"{a}.jsonl").read_text() == jsonl_text(rs)
                for a, rs in ((hi, injected), ("control", control)))
     result = {"key": key, "injected_arm": hi, "injected": sum(r["injected"] for r in per_row),
               "control": counts["substituted"], "control_wanted": counts["wanted"],
