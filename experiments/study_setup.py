@@ -1,6 +1,7 @@
 """The conflict study's set-up stages, each cached on disk and committed where a machine could not remake it
-bit for bit: the arms, their measured conflict shares, the knowledge probe, the open questions on the base model,
-the injected held-out rows, and the data-only dose pilot (experiments/study.py runs them; PREREGISTRATION.md).
+bit for bit: the arms, their measured conflict shares, the control's substitution count, the knowledge probe, the
+open questions on the base model, the injected held-out rows, and the data-only dose pilot (experiments/study.py
+runs them; PREREGISTRATION.md).
 
     python -m experiments.study study_profile=full pilot_only=true    # the dose pilot alone, no training
 """
